@@ -1,0 +1,64 @@
+"""The `lensgen` command line.
+
+Each capability lives in its own module and registers its sub-commands here through a
+`register(groups)` function, so this file stays a table of contents. Heavy imports (torch,
+transformers) happen inside the command handlers, which keeps `lensgen --help` instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lensgen.errors import UserError
+
+# Modules that contribute commands; each defines register(groups: dict[str, argparse._SubParsersAction]).
+COMMAND_MODULES = [
+    "lensgen.commands",
+]
+
+GROUPS = {
+    "data": "data work: procedural Shapes data, curation, captioning, statistics",
+    "eval": "benchmarks: score a model (or any prompt -> image callable)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lensgen",
+        description="lensgen: the Lens text-to-image recipe (data, training, RL, distillation, inference, eval).",
+    )
+    from lensgen import __version__
+
+    parser.add_argument("--version", action="version", version=f"lensgen {__version__}")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {"": top}
+    for name, help_text in GROUPS.items():
+        group_parser = top.add_parser(name, help=help_text, description=help_text)
+        groups[name] = group_parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
+        group_parser.set_defaults(func=lambda args, p=group_parser: p.print_help() or 2)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(groups)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        code = args.func(args)
+    except UserError as err:
+        print(f"lensgen: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lensgen: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
