@@ -1,0 +1,216 @@
+"""`LensPipeline`: prompt -> text features -> Euler/CFG sampling in token space -> decode -> PIL images.
+
+A pipeline folder (diffusers-style):
+
+    model_index.json     component list, plus a "lensgen" block: default size, steps, CFG, size limits
+    transformer/         config.json + diffusion_pytorch_model.safetensors
+    vae/                 the latent codec (FLUX.2 VAE folder, or the Shapes pixel codec's config)
+    text_encoder/        the frozen text encoder's config (and weights location)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lensgen.errors import UserError
+from lensgen.flow.sampler import cfg_velocity_fn, euler_sample
+from lensgen.flow.schedule import sampling_sigmas
+from lensgen.models.text_encoder import TextEncoder, TextFeatures, build_text_encoder
+from lensgen.models.transformer import LensTransformer2DModel, preset
+from lensgen.models.vae import LatentCodec, PixelCodec, build_codec
+from lensgen.sizes import validate_size
+
+MODEL_INDEX = "model_index.json"
+
+
+@dataclass
+class PipelineDefaults:
+    """What `lensgen generate` uses when the user does not say."""
+
+    height: int = 1024
+    width: int = 1024
+    steps: int = 20
+    cfg: float = 5.0
+    max_side: int = 1440
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PipelineDefaults:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class LensPipeline:
+    def __init__(
+        self,
+        transformer: LensTransformer2DModel,
+        codec: LatentCodec,
+        text_encoder: TextEncoder,
+        defaults: PipelineDefaults | None = None,
+        name: str = "lens",
+    ):
+        self.transformer = transformer.eval()
+        self.codec = codec
+        self.text_encoder = text_encoder
+        self.defaults = defaults or PipelineDefaults()
+        self.name = name
+        cfg = transformer.config
+        if codec.token_channels != cfg.in_channels:
+            raise UserError(f"codec gives {codec.token_channels}-channel tokens but the transformer expects "
+                            f"{cfg.in_channels}")
+        if (text_encoder.num_layers, text_encoder.hidden_size) != (cfg.num_text_layers, cfg.enc_hidden_dim):
+            raise UserError(f"text encoder gives {text_encoder.num_layers} layers x {text_encoder.hidden_size} "
+                            f"but the transformer expects {cfg.num_text_layers} x {cfg.enc_hidden_dim}")
+
+    @property
+    def default_height(self) -> int:
+        return self.defaults.height
+
+    @property
+    def default_width(self) -> int:
+        return self.defaults.width
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.img_in.weight.device
+
+    # ---- folders ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | None = None) -> LensPipeline:
+        directory = Path(directory)
+        index_path = directory / MODEL_INDEX
+        if not directory.is_dir():
+            raise UserError(f"model folder {directory} does not exist")
+        if not index_path.is_file():
+            raise UserError(f"{directory} is not a lensgen model folder: {MODEL_INDEX} is missing "
+                            f"(expected {MODEL_INDEX}, transformer/, vae/, text_encoder/)")
+        try:
+            index = json.loads(index_path.read_text())
+        except json.JSONDecodeError as err:
+            raise UserError(f"malformed {index_path}: {err}") from None
+        for part in ("transformer", "vae", "text_encoder"):
+            if not (directory / part).is_dir():
+                raise UserError(f"model folder {directory} has no {part}/ sub-folder")
+        transformer = LensTransformer2DModel.from_pretrained(directory / "transformer", device=device)
+        codec = LatentCodec.from_pretrained(directory / "vae")
+        text_encoder = TextEncoder.from_pretrained(directory / "text_encoder")
+        defaults = PipelineDefaults.from_dict(index.get("lensgen", {}))
+        pipe = cls(transformer, codec, text_encoder, defaults, name=index.get("name", directory.name))
+        return pipe.to(device) if device else pipe
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        from lensgen.io import atomic_write_json
+
+        directory = Path(directory)
+        self.transformer.save_pretrained(directory / "transformer")
+        self.codec.save_pretrained(directory / "vae")
+        self.text_encoder.save_pretrained(directory / "text_encoder")
+        atomic_write_json(directory / MODEL_INDEX, {
+            "_class_name": "LensPipeline",
+            "name": self.name,
+            "transformer": ["lensgen", "LensTransformer2DModel"],
+            "vae": ["lensgen", type(self.codec).__name__],
+            "text_encoder": ["lensgen", type(self.text_encoder).__name__],
+            "lensgen": asdict(self.defaults),
+        })
+
+    def to(self, device) -> LensPipeline:
+        self.transformer.to(device)
+        self.codec.to(device)
+        self.text_encoder.to(device)
+        return self
+
+    # ---- generation ---------------------------------------------------------------------------
+
+    def encode_prompts(self, prompts: list[str], negative_prompt: str, guided: bool) -> TextFeatures:
+        """Features for the batch; with guidance, [cond; uncond] stacked (padded to one length)."""
+        cond = self.text_encoder.encode(prompts)
+        if not guided:
+            return cond
+        return TextFeatures.cat([cond, self.text_encoder.encode([negative_prompt] * len(prompts))])
+
+    def initial_noise(self, seeds: list[int], height: int, width: int) -> torch.Tensor:
+        """(B, h*w, C) Gaussian tokens; each sample's noise depends only on its own seed."""
+        f, c = self.codec.spatial_factor, self.codec.token_channels
+        grids = [torch.randn(c, height // f, width // f, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        return torch.stack(grids).flatten(2).transpose(1, 2).to(self.device)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        height: int | None = None,
+        width: int | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        seed: int | list[int] = 0,
+        negative_prompt: str = "",
+        progress: bool = False,
+        output_type: str = "pil",
+    ) -> list[Image.Image] | torch.Tensor:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise UserError("no prompt given")
+        height = height or self.defaults.height
+        width = width or self.defaults.width
+        steps = steps or self.defaults.steps
+        cfg = self.defaults.cfg if cfg is None else cfg
+        validate_size(height, width, multiple=self.codec.spatial_factor, max_side=self.defaults.max_side)
+        seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
+        if len(seeds) != len(prompts):
+            raise UserError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        if steps < 1:
+            raise UserError(f"steps must be at least 1, got {steps}")
+
+        grid = (height // self.codec.spatial_factor, width // self.codec.spatial_factor)
+        guided = cfg != 1.0
+        text = self.encode_prompts(prompts, negative_prompt, guided)
+        features = text.features.to(self.device, self.transformer.img_in.weight.dtype)
+        mask = text.mask.to(self.device)
+
+        def model_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            return self.transformer(x, features, sigma, grid, mask).float()
+
+        velocity_fn = cfg_velocity_fn(model_fn, cfg) if guided else model_fn
+        noise = self.initial_noise(seeds, height, width)
+        sigmas = sampling_sigmas(steps, grid[0] * grid[1])
+        tokens = euler_sample(velocity_fn, noise, sigmas, progress=progress)
+        latents = tokens.transpose(1, 2).unflatten(2, grid)
+        images = self.codec.decode(latents.to(self.codec_dtype)).float().clamp(-1, 1)
+        if output_type == "pt":
+            return images
+        return to_pil(images)
+
+    @property
+    def codec_dtype(self) -> torch.dtype:
+        params = list(self.codec.parameters())
+        return params[0].dtype if params else torch.float32
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> PIL RGB images."""
+    arrays = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(np.ascontiguousarray(a)) for a in arrays]
+
+
+SHAPES_TEXT_ENCODER = {"backend": "minilm", "layers": [2, 4, 5, 6], "max_length": 128}
+
+
+def build_shapes_pipeline(seed: int = 0) -> LensPipeline:
+    """The Shapes-world pipeline with freshly initialised (untrained) transformer weights."""
+    torch.manual_seed(seed)
+    transformer = LensTransformer2DModel(preset("shapes-tiny"))
+    text_encoder = build_text_encoder(SHAPES_TEXT_ENCODER)
+    codec = PixelCodec(patch_size=transformer.config.patch_size)
+    defaults = PipelineDefaults(height=64, width=64, steps=20, cfg=5.0, max_side=256)
+    return LensPipeline(transformer, codec, text_encoder, defaults, name="shapes-tiny (untrained)")
+
+
+__all__ = ["LensPipeline", "PipelineDefaults", "build_shapes_pipeline", "to_pil", "build_codec"]

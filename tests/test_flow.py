@@ -1,0 +1,74 @@
+"""Sampling schedule (FLUX.2 empirical mu) and the Euler / CFG sampler."""
+
+import math
+
+import pytest
+import torch
+
+from lensgen.flow.sampler import SAMPLER_PRESETS, cfg_velocity_fn, euler_sample, guided_velocity
+from lensgen.flow.schedule import empirical_mu, sampling_sigmas, shift_sigma
+
+
+def test_empirical_mu_hand_computed():
+    # L = 4096 (1024 px), N = 20: m10 = 0.35791 + 1.89833, m200 = 0.69333 + 0.45667
+    m10 = 8.73809524e-5 * 4096 + 1.89833333
+    m200 = 1.6927e-4 * 4096 + 0.45666666
+    expected = m10 + (m200 - m10) * (20 - 10) / 190
+    assert empirical_mu(4096, 20) == pytest.approx(expected, rel=1e-12)
+    assert empirical_mu(4096, 10) == pytest.approx(m10)
+    assert empirical_mu(4096, 200) == pytest.approx(m200)
+    assert empirical_mu(5000, 20) == pytest.approx(1.6927e-4 * 5000 + 0.45666666)  # L > 4300: m200
+
+
+def test_sigmas_shifted_and_terminated():
+    sig = sampling_sigmas(20, 4096)
+    assert sig.shape == (21,) and sig[0] == 1.0 and sig[-1] == 0.0
+    assert torch.all(sig[1:] < sig[:-1])
+    mu = empirical_mu(4096, 20)
+    raw = 1 - 1 / 20  # second entry of linspace(1, 1/N, N)
+    assert sig[1].item() == pytest.approx(math.exp(mu) / (math.exp(mu) + (1 / raw - 1)))
+    unshifted = sampling_sigmas(4, 64, shift=False)
+    assert unshifted.tolist() == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+    assert shift_sigma(torch.tensor(0.5), 0.0).item() == pytest.approx(0.5)
+
+
+def test_guided_velocity_rescales_each_token_to_cond_norm():
+    cond, uncond = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    out = guided_velocity(cond, uncond, 5.0)
+    raw = uncond + 5.0 * (cond - uncond)
+    torch.testing.assert_close(out.norm(dim=-1), cond.norm(dim=-1))
+    cos = torch.nn.functional.cosine_similarity(out, raw, dim=-1)
+    torch.testing.assert_close(cos, torch.ones_like(cos))
+    torch.testing.assert_close(guided_velocity(cond, uncond, 1.0), cond)
+
+
+def test_cfg_runs_one_doubled_batch():
+    calls = []
+
+    def model(x, sigma):
+        calls.append(x.shape[0])
+        return torch.cat([torch.ones_like(x[:1]).expand(x.shape[0] // 2, -1, -1),
+                          torch.zeros_like(x[: x.shape[0] // 2])])
+
+    fn = cfg_velocity_fn(model, 3.0)
+    v = fn(torch.randn(2, 3, 4), torch.rand(2))
+    assert calls == [4]
+    torch.testing.assert_close(v, torch.ones(2, 3, 4))
+
+
+def test_euler_integrates_straight_flow_exactly():
+    # For x_t = (1 - s) x0 + s eps the true velocity is eps - x0; Euler on straight paths is exact.
+    x0, eps = torch.randn(3, 4, 2), torch.randn(3, 4, 2)
+    sigmas = sampling_sigmas(7, 16)
+
+    def true_velocity(x, sigma):
+        return eps - x0
+
+    out = euler_sample(true_velocity, eps.clone(), sigmas)
+    torch.testing.assert_close(out, x0, rtol=1e-5, atol=1e-5)
+
+
+def test_presets():
+    assert (SAMPLER_PRESETS["lens"].steps, SAMPLER_PRESETS["lens"].cfg) == (20, 5.0)
+    assert SAMPLER_PRESETS["base"].steps == 50
+    assert (SAMPLER_PRESETS["turbo"].steps, SAMPLER_PRESETS["turbo"].cfg) == (4, 1.0)
