@@ -3,9 +3,127 @@
 from __future__ import annotations
 
 import argparse
+import html
+import sys
+import time
+from pathlib import Path
+
+DEMO_PROMPTS = [
+    ("a red circle", "64x64"),
+    ("two blue squares", "64x64"),
+    ("a yellow star to the left of a green triangle", "96x48"),
+    ("three purple hexagons", "48x96"),
+    ("a white heart on a black background", "72x56"),
+    ("an orange triangle above a pink circle", "56x72"),
+    ("a brown square and a blue star", "88x56"),
+    ("four green circles", "64x64"),
+]
+
+
+def load_pipeline(model: str | None, device: str | None = None):
+    """The pipeline at `model`, or the shipped Shapes model, or (if none ships yet) an untrained one."""
+    from lensgen.pipeline import DEFAULT_MODEL_DIR, LensPipeline, build_shapes_pipeline
+
+    if model:
+        return LensPipeline.from_pretrained(model, device=device)
+    if (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+        return LensPipeline.from_pretrained(DEFAULT_MODEL_DIR, device=device)
+    print("lensgen: no trained model ships yet: using an untrained shapes-tiny model (images are noise-like). "
+          "Pass --model DIR to use a trained one.", file=sys.stderr)
+    pipe = build_shapes_pipeline(seed=0)
+    return pipe.to(device) if device else pipe
+
+
+def png_metadata(**fields):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in fields.items():
+        info.add_text(key, str(value))
+    return info
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from lensgen.errors import UserError
+    from lensgen.io import atomic_open
+    from lensgen.sizes import parse_size
+
+    pipe = load_pipeline(args.model, args.device)
+    height, width = parse_size(args.size) if args.size else (pipe.default_height, pipe.default_width)
+    steps = args.steps or pipe.defaults.steps
+    cfg = pipe.defaults.cfg if args.cfg is None else args.cfg
+    if args.num < 1:
+        raise UserError(f"--num must be at least 1, got {args.num}")
+    out = Path(args.output)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"output {out} must end in .png (prompt and settings are stored as PNG text)")
+    images = pipe([args.prompt] * args.num, height=height, width=width, steps=steps, cfg=cfg, seed=args.seed,
+                  negative_prompt=args.negative_prompt, progress=not args.quiet)
+    for i, image in enumerate(images):
+        path = out if args.num == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
+        meta = png_metadata(prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed + i,
+                            steps=steps, cfg=cfg, size=f"{width}x{height}", model=args.model or pipe.name)
+        with atomic_open(path, "wb") as f:
+            image.save(f, format="PNG", pnginfo=meta)
+        print(path)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Generate a small grid from the default model across aspect ratios and write an HTML page."""
+    from lensgen.io import atomic_write_text
+    from lensgen.sizes import parse_size
+
+    out = Path(args.out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline(args.model)
+    start = time.perf_counter()
+    cards = []
+    for i, (prompt, size) in enumerate(DEMO_PROMPTS):
+        height, width = parse_size(size)
+        image = pipe(prompt, height=height, width=width, seed=i, progress=False)[0]
+        name = f"images/{i:02d}.png"
+        image.save(out / name, pnginfo=png_metadata(prompt=prompt, seed=i, size=size, model=pipe.name))
+        cards.append(f'<figure><img src="{name}" width="{width * 3}" height="{height * 3}">'
+                     f"<figcaption>{html.escape(prompt)}<br><small>{size}, seed {i}</small></figcaption></figure>")
+        print(f"[{i + 1}/{len(DEMO_PROMPTS)}] {prompt} ({size})")
+    page = f"""<!doctype html><meta charset="utf-8"><title>lensgen demo</title>
+<style>body{{font-family:sans-serif;margin:2em}} figure{{display:inline-block;margin:1em;vertical-align:top}}
+img{{image-rendering:pixelated;border:1px solid #ccc}} figcaption{{max-width:300px}}</style>
+<h1>lensgen demo</h1><p>Model: {html.escape(pipe.name)}; {pipe.defaults.steps} steps, CFG {pipe.defaults.cfg};
+generated in {time.perf_counter() - start:.1f} s on this machine.</p>
+{"".join(cards)}
+"""
+    atomic_write_text(out / "index.html", page)
+    print(f"wrote {out / 'index.html'}")
+    return 0
 
 
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     top = groups[""]
-    p = top.add_parser("generate", help="generate an image from a prompt")
-    p.set_defaults(func=lambda a: 0)
+    p = top.add_parser(
+        "generate", help="generate images from a prompt",
+        description="Generate images from a text prompt with a lensgen model folder (default: the shipped "
+                    "Shapes model). Settings are stored in the PNG's text metadata.",
+    )
+    p.add_argument("prompt", help="the text prompt")
+    p.add_argument("--model", help="model folder (LensPipeline.save_pretrained layout); default: shipped model")
+    p.add_argument("--size", help="WIDTHxHEIGHT, multiples of the model's token size, ratio 1:2..2:1 "
+                                  "(default: the model's, e.g. 64x64 for Shapes, 1024x1024 for Lens)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's, 20 for Lens)")
+    p.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the model's, 5.0; "
+                                             "1 = no guidance pass)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (image i of --num uses seed + i)")
+    p.add_argument("--negative-prompt", default="", help="negative prompt (default: empty)")
+    p.add_argument("--num", type=int, default=1, help="number of images")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
+    p.add_argument("-o", "--output", default="out.png", help="output PNG (with --num > 1: NAME-i.png)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_generate)
+
+    d = top.add_parser("demo", help="the embedded demo: a grid of generations written as an HTML page",
+                       description="Generate a grid for eight prompts across aspect ratios from the default "
+                                   "model and write OUT/index.html.")
+    d.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
+    d.add_argument("--model", help="model folder (default: the shipped model)")
+    d.set_defaults(func=cmd_demo)

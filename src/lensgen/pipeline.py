@@ -28,6 +28,8 @@ from lensgen.models.vae import LatentCodec, PixelCodec, build_codec
 from lensgen.sizes import validate_size
 
 MODEL_INDEX = "model_index.json"
+# The Shapes model trained by `lensgen train` and shipped in the package (see its MODEL_CARD.md).
+DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "shapes-tiny"
 
 
 @dataclass

@@ -171,7 +171,8 @@ class JointAttention(nn.Module):
 
 
 def _modulate(x, shift, scale):
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """x * (1 + scale) + shift, fused; shift/scale are per sample (B, C)."""
+    return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
 
 
 class LensBlock(nn.Module):
@@ -197,10 +198,10 @@ class LensBlock(nn.Module):
             _modulate(self.txt_norm1(txt), t_shift1, t_scale1),
             cos, sin, attn_mask,
         )
-        img = img + i_gate1[:, None] * img_attn
-        txt = txt + t_gate1[:, None] * txt_attn
-        img = img + i_gate2[:, None] * self.img_mlp(_modulate(self.img_norm2(img), i_shift2, i_scale2))
-        txt = txt + t_gate2[:, None] * self.txt_mlp(_modulate(self.txt_norm2(txt), t_shift2, t_scale2))
+        img = torch.addcmul(img, i_gate1[:, None], img_attn)
+        txt = torch.addcmul(txt, t_gate1[:, None], txt_attn)
+        img = torch.addcmul(img, i_gate2[:, None], self.img_mlp(_modulate(self.img_norm2(img), i_shift2, i_scale2)))
+        txt = torch.addcmul(txt, t_gate2[:, None], self.txt_mlp(_modulate(self.txt_norm2(txt), t_shift2, t_scale2)))
         return img, txt
 
 

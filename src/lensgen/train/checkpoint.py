@@ -1,0 +1,92 @@
+"""Checkpoints that lose nothing: model, EMA, optimizer (sharded, via torch.distributed.checkpoint),
+plus step, sampler position and every RNG state, written atomically.
+
+Layout: OUT/checkpoints/step-00000100/ holds the DCP shards, `meta.json` (step, sampler state, config)
+and `rng-rank{r}.pt`. Each is first written to `step-00000100.tmp/` and renamed by rank 0 once all ranks
+are done, then `latest` (a one-line file) is replaced atomically: a crash mid-save leaves the previous
+checkpoint intact and `latest` pointing at it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from lensgen.io import atomic_write_json, atomic_write_text
+from lensgen.train.parallel import DistInfo, barrier
+
+
+def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "generators": {k: g.get_state() for k, g in generators.items()},
+    }
+
+
+def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    for k, g in generators.items():
+        g.set_state(state["generators"][k])
+
+
+def _app_state(model, optimizer, ema) -> dict[str, Any]:
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    return {"model": model_sd, "optim": optim_sd, "ema": ema.state_dict()}
+
+
+def save_checkpoint(root: Path, step: int, model, optimizer, ema, meta: dict, generators: dict,
+                    info: DistInfo, keep: int = 2) -> Path:
+    root = Path(root)
+    final = root / f"step-{step:08d}"
+    tmp = root / f"step-{step:08d}.tmp"
+    if info.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(info)
+    dcp.save(_app_state(model, optimizer, ema), checkpoint_id=str(tmp))
+    torch.save(rng_state(generators), tmp / f"rng-rank{info.rank}.pt")
+    barrier(info)
+    if info.is_main:
+        atomic_write_json(tmp / "meta.json", {"step": step, **meta})
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        atomic_write_text(root / "latest", final.name + "\n")
+        for old in sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(info)
+    return final
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    pointer = Path(root) / "latest"
+    if not pointer.is_file():
+        return None
+    path = Path(root) / pointer.read_text().strip()
+    return path if (path / "meta.json").is_file() else None
+
+
+def load_checkpoint(path: Path, model, optimizer, ema, generators: dict, info: DistInfo) -> dict:
+    """Restore everything in place; returns meta (step, sampler state, ...)."""
+    state = _app_state(model, optimizer, ema)
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    ema.load_state_dict(state["ema"])
+    rng_file = Path(path) / f"rng-rank{info.rank}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False), generators)
+    return json.loads((Path(path) / "meta.json").read_text())

@@ -1,0 +1,225 @@
+"""Typed training configuration, read from YAML with every field checked before any work starts.
+
+A bad field fails at load time naming the field (`train.lr: expected a number, got 'fast'`), so a
+cluster job never dies an hour in on a typo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lensgen.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "shapes-tiny"  # transformer preset (lensgen.models.transformer.PRESETS)
+    overrides: dict = field(default_factory=dict)  # LensTransformerConfig fields to change
+    text_encoder: dict = field(default_factory=lambda: {"backend": "minilm", "layers": [2, 4, 5, 6],
+                                                        "max_length": 128})
+    codec: dict = field(default_factory=lambda: {"backend": "pixel", "patch_size": 8})
+    init_from: str | None = None  # a pipeline folder whose transformer weights start the run
+
+
+@dataclass
+class DataConfig:
+    source: str = "shapes"  # "shapes": procedural scenes rendered on the fly; "shards": WebDataset tars
+    shards: str | None = None  # folder of .tar shards (source: shards)
+    num_items: int = 200_000  # items per epoch for the procedural source
+    caption: str = "mixed"  # dense | short | mixed
+    dense_prob: float = 0.7  # with caption: mixed, probability of the dense caption
+    bases: list[int] = field(default_factory=lambda: [48, 64, 80])  # 3 size classes x 9 ratios = 27 buckets
+    multiple: int = 8  # bucket sides are multiples of this (the codec's pixels per token)
+    sampler: str = "mixed"  # mixed (random mix of buckets per batch) | grouped (one bucket per batch)
+    text_cache: str | None = None  # folder for cached text features (small fixed datasets only)
+    workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 1000
+    batch_size: int = 32  # per rank, per micro-step
+    grad_accum: int = 1
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    schedule: str = "constant"  # constant | cosine (after warm-up)
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1  # empty-prompt rate, so CFG works
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    sigma_shift: Any = "flux2"  # "flux2" | "none" | a number (mu)
+    seed: int = 0
+
+
+@dataclass
+class SystemConfig:
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    activation_checkpointing: bool = False
+    compile: bool = False  # torch.compile per block
+    fsdp: bool | str = "auto"  # auto (when launched with torchrun and world > 1) | true | false
+    threads: int | None = None  # CPU threads per process
+
+
+@dataclass
+class LogConfig:
+    every: int = 10
+    val_every: int = 100  # loss at fixed sigmas on a fixed validation batch
+    val_images_every: int = 500  # validation images at fixed seeds (0 = never)
+    val_prompts: list[str] = field(default_factory=lambda: ["a red circle", "two blue squares",
+                                                            "a yellow star to the left of a green triangle"])
+    tensorboard: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500
+    keep: int = 2
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/shapes-tiny"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def validate(self) -> None:
+        checks = [
+            (self.data.source in ("shapes", "shards"), "data.source", "'shapes' or 'shards'"),
+            (self.data.source != "shards" or bool(self.data.shards), "data.shards", "a folder when source is shards"),
+            (self.data.caption in ("dense", "short", "mixed"), "data.caption", "dense, short or mixed"),
+            (0 <= self.data.dense_prob <= 1, "data.dense_prob", "a probability in [0, 1]"),
+            (len(self.data.bases) > 0 and all(b > 0 for b in self.data.bases), "data.bases", "positive sizes"),
+            (self.data.sampler in ("mixed", "grouped"), "data.sampler", "mixed or grouped"),
+            (self.optim.steps > 0, "optim.steps", "a positive integer"),
+            (self.optim.batch_size > 0, "optim.batch_size", "a positive integer"),
+            (self.optim.grad_accum > 0, "optim.grad_accum", "a positive integer"),
+            (self.optim.lr > 0, "optim.lr", "a positive number"),
+            (self.optim.schedule in ("constant", "cosine"), "optim.schedule", "constant or cosine"),
+            (0 <= self.optim.caption_dropout < 1, "optim.caption_dropout", "a rate in [0, 1)"),
+            (0 <= self.optim.ema_decay < 1, "optim.ema_decay", "a decay in [0, 1)"),
+            (len(self.optim.betas) == 2, "optim.betas", "two numbers"),
+            (self.optim.sigma_shift in ("flux2", "none") or isinstance(self.optim.sigma_shift, int | float),
+             "optim.sigma_shift", "'flux2', 'none' or a number"),
+            (self.system.device in ("auto", "cpu", "cuda"), "system.device", "auto, cpu or cuda"),
+            (self.system.precision in ("auto", "fp32", "bf16"), "system.precision", "auto, fp32 or bf16"),
+            (self.system.fsdp in ("auto", True, False), "system.fsdp", "auto, true or false"),
+            (self.checkpoint.every > 0, "checkpoint.every", "a positive integer"),
+            (self.checkpoint.keep > 0, "checkpoint.keep", "a positive integer"),
+        ]
+        for ok, name, expected in checks:
+            if not ok:
+                raise UserError(f"config field {name}: expected {expected}")
+
+
+def _check_type(value: Any, annotation: Any, name: str) -> Any:
+    """Coerce/validate one YAML value against a dataclass field annotation."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {**typing.__dict__, **globals()})  # noqa: S307 - our own annotations
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(value, option, name)
+            except UserError as err:
+                errors.append(str(err))
+        raise UserError(errors[0] if errors else f"config field {name}: unexpected value {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"config field {name}: expected a list, got {value!r}")
+        (item,) = typing.get_args(annotation) or (Any,)
+        return [_check_type(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config field {name}: expected a mapping, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"config field {name}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"config field {name}: expected an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config field {name}: expected true or false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise UserError(f"config field {name}: expected a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return _from_dict(annotation, value, name)
+    return value
+
+
+def _from_dict(cls, data: Any, prefix: str):
+    if not isinstance(data, dict):
+        raise UserError(f"config section {prefix or 'top level'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise UserError(f"unknown config field {where}{unknown[0]} (known: {', '.join(sorted(known))})")
+    kwargs = {k: _check_type(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config; `overrides` are `section.field=value` strings (YAML values) applied on top."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"config file {path} is not valid YAML: {err}") from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"override {item!r}: expected section.field=value")
+        key, value = item.split("=", 1)
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    try:
+        config = _from_dict(TrainConfig, data, "")
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
+    config.validate()
+    return config
+
+
+def config_to_dict(config: TrainConfig) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,136 @@
+"""Training data: items with a bucket, loaded at their bucket size, collated into padded token batches.
+
+Two sources share one interface (`__len__`, `bucket_of(i)`, `load(i) -> (image, captions)`):
+- `ShapesSource`: the procedural Shapes world rendered on the fly (endless, exact captions); item i is
+  the scene of seed (seed, i), drawn at a bucket picked from i, so every rank sees distinct items.
+- `ShardSource`: WebDataset shards (`lensgen data shapes` or curated/captioned shards), indexed in
+  memory and decoded on demand; each image goes to the bucket nearest in log aspect ratio and is
+  resized and centre-cropped to it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lensgen.data.buckets import BucketTable, resize_and_center_crop
+from lensgen.data.shards import list_shards
+from lensgen.errors import UserError
+
+
+def pick_caption(captions: dict, mode: str, dense_prob: float, rng: random.Random) -> str:
+    """The caption to train on: dense, short, or a seeded mix (the Lens caption ablation's arms)."""
+    if mode == "mixed":
+        mode = "dense" if rng.random() < dense_prob else "short"
+    text = captions.get(mode) or captions.get("dense") or captions.get("short")
+    if not text:
+        raise KeyError(f"no {mode} caption in {sorted(captions)}")
+    return text
+
+
+class ShapesSource:
+    def __init__(self, table: BucketTable, num_items: int, seed: int = 0):
+        from lensgen.data.shapes import generate_scene  # noqa: F401  (fail early if missing)
+
+        self.table, self.num_items, self.seed = table, num_items, seed
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def bucket_of(self, index: int) -> int:
+        return random.Random(f"bucket-{self.seed}-{index}").randrange(len(self.table))
+
+    def load(self, index: int) -> tuple[Image.Image, dict]:
+        from lensgen.data.shapes import captions_for, generate_scene, render_scene
+
+        height, width = self.table.sizes[self.bucket_of(index)]
+        scene = generate_scene(seed=(self.seed, index), split="train")
+        image = render_scene(scene, height=height, width=width)
+        return image, captions_for(scene, seed=(self.seed, index))
+
+
+class ShardSource:
+    """Random access over small shard sets: image bytes and metadata kept in memory, decoded on demand."""
+
+    def __init__(self, path: str | Path, table: BucketTable):
+        self.table = table
+        self.items: list[tuple[bytes, dict, int]] = []
+        shards = list_shards(path)
+        if not shards:
+            raise UserError(f"no .tar shards in {path}")
+        for shard in shards:
+            members: dict[str, dict[str, bytes]] = {}
+            with tarfile.open(shard) as tar:
+                for m in tar:
+                    if m.isfile():
+                        key, _, ext = m.name.partition(".")
+                        members.setdefault(key, {})[ext] = tar.extractfile(m).read()
+            for key, parts in members.items():
+                image = next((parts[e] for e in ("png", "jpg", "jpeg", "webp") if e in parts), None)
+                if image is None or "json" not in parts:
+                    raise UserError(f"{shard}: sample {key} lacks an image or its .json metadata")
+                meta = json.loads(parts["json"])
+                captions = meta.get("captions") or {k: meta[k] for k in ("dense", "short", "caption") if k in meta}
+                if "caption" in captions and "dense" not in captions:
+                    captions["dense"] = captions.pop("caption")
+                if not captions:
+                    raise UserError(f"{shard}: sample {key} has no captions in its .json")
+                with Image.open(io.BytesIO(image)) as im:
+                    w, h = im.size
+                self.items.append((image, captions, table.nearest(h, w)))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def bucket_of(self, index: int) -> int:
+        return self.items[index][2]
+
+    def load(self, index: int) -> tuple[Image.Image, dict]:
+        data, captions, bucket = self.items[index]
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        return resize_and_center_crop(image, self.table.sizes[bucket]), captions
+
+
+@dataclass
+class TokenBatch:
+    tokens: torch.Tensor  # (B, N, C) clean latent tokens, right-padded
+    sizes: list[tuple[int, int]]  # token grid per sample
+    token_mask: torch.Tensor | None  # (B, N) True = real; None when nothing is padded
+    prompts: list[str]
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> (3, H, W) in [-1, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+
+
+@torch.no_grad()
+def collate(images: list[Image.Image], prompts: list[str], codec) -> TokenBatch:
+    """Encode each image at its own size (same sizes together), flatten to tokens, pad to the longest."""
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        by_size.setdefault((image.height, image.width), []).append(i)
+    token_lists: list[torch.Tensor | None] = [None] * len(images)
+    sizes: list[tuple[int, int] | None] = [None] * len(images)
+    f = codec.spatial_factor
+    for (h, w), idx in by_size.items():
+        grid = codec.encode(torch.stack([image_to_tensor(images[i]) for i in idx]))  # (b, C, h/f, w/f)
+        for j, i in enumerate(idx):
+            token_lists[i] = grid[j].flatten(1).T
+            sizes[i] = (h // f, w // f)
+    n = max(t.shape[0] for t in token_lists)
+    tokens = torch.zeros(len(images), n, token_lists[0].shape[1])
+    for i, t in enumerate(token_lists):
+        tokens[i, : t.shape[0]] = t
+    padded = len({t.shape[0] for t in token_lists}) > 1
+    mask = (torch.arange(n)[None] < torch.tensor([t.shape[0] for t in token_lists])[:, None]) if padded else None
+    return TokenBatch(tokens=tokens, sizes=sizes, token_mask=mask, prompts=prompts)

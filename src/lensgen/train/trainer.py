@@ -1,0 +1,303 @@
+"""The pretraining loop: mixed-resolution flow matching, from one CPU to many GPUs under torchrun.
+
+Every random draw of step s on rank r (caption choice and dropout, sigma, noise) comes from generators
+seeded by (seed, s, r), so a resumed run replays exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from lensgen.data.bucket_sampler import MixedResolutionSampler
+from lensgen.data.buckets import BucketTable
+from lensgen.io import atomic_write_json
+from lensgen.models.text_encoder import TextFeatures, build_text_encoder
+from lensgen.models.transformer import LensTransformer2DModel, LensTransformerConfig, preset
+from lensgen.models.vae import build_codec
+from lensgen.train import checkpoint as ckpt
+from lensgen.train.config import TrainConfig, config_to_dict
+from lensgen.train.data import ShapesSource, ShardSource, TokenBatch, collate, pick_caption
+from lensgen.train.ema import EMA
+from lensgen.train.objective import SigmaSampling, masked_mse, noisy_input
+from lensgen.train.parallel import (
+    DistInfo,
+    all_reduce_mean,
+    apply_activation_checkpointing,
+    apply_compile,
+    apply_fsdp,
+    full_tensor,
+    init_distributed,
+)
+
+VAL_SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warm-up, then constant or cosine down to min_lr_ratio * lr."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def transformer_config(cfg: TrainConfig) -> LensTransformerConfig:
+    base = preset(cfg.model.preset)
+    overrides = dict(cfg.model.overrides)
+    for key in ("selected_layer_index", "axes_dims_rope"):
+        if key in overrides:
+            overrides[key] = tuple(overrides[key])
+    try:
+        return replace(base, **overrides)
+    except TypeError as err:
+        from lensgen.errors import UserError
+
+        raise UserError(f"config field model.overrides: {err}") from None
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True):
+        self.cfg = config
+        self.info: DistInfo = init_distributed(config.system.device)
+        if config.system.threads:
+            torch.set_num_threads(config.system.threads)
+        self.out = Path(config.out_dir)
+        self.progress = progress and self.info.is_main
+        self.device = self.info.device
+        cuda = self.device.type == "cuda"
+        precision = config.system.precision
+        self.bf16 = precision == "bf16" or (precision == "auto" and cuda)
+        torch.manual_seed(config.optim.seed)
+
+        # frozen encoders
+        self.text_encoder = build_text_encoder(config.model.text_encoder).to(self.device)
+        self.codec = build_codec(config.model.codec).to(self.device)
+        # the model
+        tcfg = transformer_config(config)
+        if config.model.init_from:
+            self.model = LensTransformer2DModel.from_pretrained(Path(config.model.init_from) / "transformer")
+            tcfg = self.model.config
+        else:
+            self.model = LensTransformer2DModel(tcfg)
+        self.model.to(self.device).train()
+        self.ema = EMA(self.model, config.optim.ema_decay)
+        use_fsdp = config.system.fsdp is True or (config.system.fsdp == "auto" and self.info.distributed)
+        if config.system.activation_checkpointing:
+            apply_activation_checkpointing(self.model)
+        if config.system.compile:
+            apply_compile(self.model)
+        if use_fsdp:
+            apply_fsdp(self.model, torch.bfloat16 if self.bf16 else None)
+            self.ema = EMA(self.model, config.optim.ema_decay)  # shards like the model
+        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
+                         if self.bf16 and not use_fsdp else nullcontext())
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas),
+                                           weight_decay=o.weight_decay, fused=cuda or None)
+        self.sigmas = SigmaSampling(o.logit_mean, o.logit_std, o.sigma_shift)
+
+        # data
+        self.table = BucketTable(bases=tuple(config.data.bases), multiple=config.data.multiple)
+        if config.data.source == "shapes":
+            self.source = ShapesSource(self.table, config.data.num_items, seed=o.seed)
+        else:
+            self.source = ShardSource(config.data.shards, self.table)
+        bucket_tokens = [(h // self.codec.spatial_factor) * (w // self.codec.spatial_factor)
+                         for h, w in self.table.sizes]
+        self.sampler = MixedResolutionSampler(
+            [self.source.bucket_of(i) for i in range(len(self.source))], bucket_tokens, o.batch_size,
+            seed=o.seed, rank=self.info.rank, world_size=self.info.world_size, mode=config.data.sampler)
+        self.batches = iter(self.sampler)
+        self.step = 0
+        self.ckpt_root = self.out / "checkpoints"
+        if resume:
+            latest = ckpt.latest_checkpoint(self.ckpt_root)
+            if latest is not None:
+                meta = ckpt.load_checkpoint(latest, self.model, self.optimizer, self.ema, {}, self.info)
+                self.step = meta["step"]
+                self.sampler.load_state_dict(meta["sampler"])
+                self.batches = iter(self.sampler)
+                if self.info.is_main:
+                    print(f"resumed from {latest} at step {self.step}")
+        self.val_batch = self._validation_batch() if config.log.val_every else None
+        self.writer = None
+        if self.info.is_main and config.log.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+
+    # ---- batches -----------------------------------------------------------------------------
+
+    def _items(self, indices: list[int], rng: random.Random) -> TokenBatch:
+        images, prompts = [], []
+        for i in indices:
+            image, captions = self.source.load(i)
+            prompt = pick_caption(captions, self.cfg.data.caption, self.cfg.data.dense_prob, rng)
+            if rng.random() < self.cfg.optim.caption_dropout:
+                prompt = ""  # the empty prompt: zero features, all-false mask
+            images.append(image)
+            prompts.append(prompt)
+        return collate(images, prompts, self.codec)
+
+    def _validation_batch(self) -> tuple[TokenBatch, TextFeatures]:
+        """A fixed batch (one item per bucket, up to 8) for loss-at-fixed-sigma curves."""
+        rng = random.Random(12345)
+        seen, indices = set(), []
+        for i in range(len(self.source)):
+            b = self.source.bucket_of(i)
+            if b not in seen:
+                seen.add(b)
+                indices.append(i)
+            if len(indices) == min(8, len(self.table)):
+                break
+        saved = self.cfg.optim.caption_dropout
+        self.cfg.optim.caption_dropout = 0.0
+        batch = self._items(indices, rng)
+        self.cfg.optim.caption_dropout = saved
+        return batch, self.text_encoder.encode(batch.prompts)
+
+    def _loss(self, batch: TokenBatch, text: TextFeatures, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        x0 = batch.tokens.to(self.device)
+        x_t, target = noisy_input(x0, noise.to(self.device), sigma.to(self.device))
+        with self.autocast:
+            pred = self.model(x_t, text.features.to(self.device), sigma.to(self.device), batch.sizes,
+                              text.mask.to(self.device))
+        mask = batch.token_mask.to(self.device) if batch.token_mask is not None else None
+        return masked_mse(pred, target, mask)
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def train_step(self) -> dict:
+        o = self.cfg.optim
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, o)
+        total, images, waste = 0.0, 0, []
+        for micro in range(o.grad_accum):
+            key = (o.seed, self.step, self.info.rank, micro)
+            rng = random.Random(f"step-{key}")
+            gen = torch.Generator().manual_seed(hash(key) & 0x7FFF_FFFF_FFFF)
+            indices = next(self.batches)
+            waste.append(self.sampler.padding_waste(indices))
+            batch = self._items(indices, rng)
+            text = self.text_encoder.encode(batch.prompts)
+            tokens_per_sample = torch.tensor([h * w for h, w in batch.sizes])
+            sigma = self.sigmas.sample(tokens_per_sample, gen)
+            noise = torch.randn(batch.tokens.shape, generator=gen)
+            loss = self._loss(batch, text, sigma, noise) / o.grad_accum
+            loss.backward()
+            total += loss.item()
+            images += len(indices)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.ema.update(self.model, self.step)
+        loss_mean = all_reduce_mean(torch.tensor(total, device=self.device), self.info).item()
+        return {"loss": loss_mean, "grad_norm": float(full_tensor(grad_norm)), "lr": lr_at(self.step - 1, o),
+                "images": images * self.info.world_size, "padding_waste": sum(waste) / len(waste)}
+
+    @torch.no_grad()
+    def validation_losses(self) -> dict[str, float]:
+        batch, text = self.val_batch
+        gen = torch.Generator().manual_seed(777)
+        noise = torch.randn(batch.tokens.shape, generator=gen)
+        out = {}
+        for s in VAL_SIGMAS:
+            sigma = torch.full((len(batch.sizes),), s)
+            out[f"val_loss@{s}"] = all_reduce_mean(self._loss(batch, text, sigma, noise).detach(), self.info).item()
+        return out
+
+    def run(self) -> dict:
+        cfg, o = self.cfg, self.cfg.optim
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.info.is_main:
+            atomic_write_json(self.out / "config.json", config_to_dict(cfg))
+        metrics_path = self.out / "metrics.jsonl"
+        start_step, start = self.step, time.perf_counter()
+        bar = tqdm(total=o.steps, initial=self.step, desc="train", disable=not self.progress)
+        last = {}
+        while self.step < o.steps:
+            t0 = time.perf_counter()
+            last = self.train_step()
+            last.update(step=self.step, seconds=time.perf_counter() - t0)
+            last["images_per_s"] = last["images"] / last["seconds"]
+            if cfg.log.val_every and (self.step % cfg.log.val_every == 0 or self.step == o.steps):
+                last.update(self.validation_losses())
+            if self.info.is_main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(last) + "\n")
+                if self.writer:
+                    for k, v in last.items():
+                        if isinstance(v, float | int) and k != "step":
+                            self.writer.add_scalar(k.replace("@", "/sigma_"), v, self.step)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", ips=f"{last['images_per_s']:.1f}")
+            bar.update(1)
+            if cfg.log.val_images_every and self.step % cfg.log.val_images_every == 0:
+                self.log_images()
+            if self.step % cfg.checkpoint.every == 0 or self.step == o.steps:
+                self.save()
+        bar.close()
+        export_dir = self.export(self.out / "final")
+        elapsed = time.perf_counter() - start
+        summary = {"steps": self.step, "steps_this_run": self.step - start_step, "wall_s": elapsed,
+                   "images_per_s": (self.step - start_step) * o.batch_size * o.grad_accum * self.info.world_size
+                   / max(elapsed, 1e-9), "final": last, "export": str(export_dir) if export_dir else None,
+                   "world_size": self.info.world_size, "device": str(self.device)}
+        if self.info.is_main:
+            atomic_write_json(self.out / "summary.json", summary)
+            if self.writer:
+                self.writer.close()
+        return summary
+
+    def save(self) -> None:
+        meta = {"sampler": self.sampler.state_dict(), "config": config_to_dict(self.cfg)}
+        ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, self.ema, meta, {},
+                             self.info, keep=self.cfg.checkpoint.keep)
+
+    def ema_model(self) -> LensTransformer2DModel | None:
+        """An unsharded copy of the model holding the EMA weights (on rank 0; a collective under FSDP)."""
+        full = {k: full_tensor(v).detach().cpu() for k, v in self.ema.shadow.items()}
+        if not self.info.is_main:
+            return None
+        base = self.model.config
+        model = LensTransformer2DModel(base)
+        model.load_state_dict(full)
+        return model.eval()
+
+    def export(self, directory: Path) -> Path | None:
+        """The EMA weights as a `LensPipeline` folder that `lensgen generate --model` loads."""
+        from lensgen.pipeline import LensPipeline, PipelineDefaults
+
+        model = self.ema_model()
+        if model is None:
+            return None
+        mid = self.cfg.data.bases[len(self.cfg.data.bases) // 2]
+        defaults = PipelineDefaults(height=mid, width=mid, steps=20, cfg=5.0, max_side=max(self.table.sizes[0]) * 2)
+        pipe = LensPipeline(model, self.codec.cpu(), self.text_encoder.cpu(), defaults,
+                            name=f"{self.cfg.model.preset} step {self.step}")
+        pipe.save_pretrained(directory)
+        self.codec.to(self.device)
+        self.text_encoder.to(self.device)
+        return directory
+
+    def log_images(self) -> None:
+        model = self.ema_model()
+        if model is None or self.writer is None:
+            return
+        from lensgen.pipeline import LensPipeline, PipelineDefaults
+
+        mid = self.cfg.data.bases[len(self.cfg.data.bases) // 2]
+        pipe = LensPipeline(model.to(self.device), self.codec, self.text_encoder,
+                            PipelineDefaults(height=mid, width=mid, steps=20, cfg=5.0, max_side=4096))
+        images = pipe(self.cfg.log.val_prompts, seed=list(range(len(self.cfg.log.val_prompts))), output_type="pt")
+        self.writer.add_images("val_images", (images + 1) / 2, self.step)

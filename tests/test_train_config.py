@@ -1,0 +1,41 @@
+"""Config files fail before any work starts, naming the bad field."""
+
+from pathlib import Path
+
+import pytest
+
+from lensgen.errors import UserError
+from lensgen.train.config import load_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.mark.parametrize("name", ["shapes-tiny.yaml", "lens-3.8b.yaml"])
+def test_shipped_configs_load(name):
+    cfg = load_config(CONFIGS / name)
+    assert len(cfg.data.bases) == 3
+
+
+@pytest.mark.parametrize("text,field", [
+    ("optim:\n  lr: fast\n", "optim.lr"),
+    ("optim:\n  lrr: 0.1\n", "optim.lrr"),
+    ("data:\n  source: web\n", "data.source"),
+    ("data:\n  source: shards\n", "data.shards"),
+    ("system:\n  compile: maybe\n", "system.compile"),
+    ("optim:\n  betas: [0.9]\n", "optim.betas"),
+    ("optim:\n  steps: 1.5\n", "optim.steps"),
+])
+def test_bad_fields_are_named(tmp_path, text, field):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=field.replace(".", r"\.")):
+        load_config(path)
+
+
+def test_overrides_and_scientific_notation(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-3\n")
+    cfg = load_config(path, ["optim.steps=7", "data.bases=[32, 48, 64]"])
+    assert cfg.optim.lr == 1e-3 and cfg.optim.steps == 7 and cfg.data.bases == [32, 48, 64]
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
