@@ -108,7 +108,7 @@ def infer_fn(model, call):
 
 def compile_blocks(model):
     """Per-block torch.compile, applied from outside the model (as training's parallelize step does)."""
-    blocks = getattr(model, "transformer_blocks")
+    blocks = model.transformer_blocks
     for block in blocks:
         block.compile()
     return model

@@ -16,6 +16,10 @@ from lensgen.errors import UserError
 # Modules that contribute commands; each defines register(groups: dict[str, argparse._SubParsersAction]).
 COMMAND_MODULES = [
     "lensgen.commands",
+    "lensgen.train.cli",
+    "lensgen.data.shapes.cli",
+    "lensgen.data.curate.cli",
+    "lensgen.data.caption.cli",
 ]
 
 GROUPS = {

@@ -85,7 +85,12 @@ class LensPipeline:
     # ---- folders ------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | None = None) -> LensPipeline:
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | None = None,
+                        dtype: torch.dtype | None = None) -> LensPipeline:
+        """Load every component straight onto `device` (a 20B text encoder must not pass through CPU fp32).
+        dtype: None means fp32 on CPU, bf16 on CUDA."""
+        if dtype is None and device is not None and torch.device(device).type == "cuda":
+            dtype = torch.bfloat16
         directory = Path(directory)
         index_path = directory / MODEL_INDEX
         if not directory.is_dir():
@@ -100,12 +105,11 @@ class LensPipeline:
         for part in ("transformer", "vae", "text_encoder"):
             if not (directory / part).is_dir():
                 raise UserError(f"model folder {directory} has no {part}/ sub-folder")
-        transformer = LensTransformer2DModel.from_pretrained(directory / "transformer", device=device)
-        codec = LatentCodec.from_pretrained(directory / "vae")
-        text_encoder = TextEncoder.from_pretrained(directory / "text_encoder")
+        transformer = LensTransformer2DModel.from_pretrained(directory / "transformer", device=device, dtype=dtype)
+        codec = LatentCodec.from_pretrained(directory / "vae", device=device, dtype=dtype)
+        text_encoder = TextEncoder.from_pretrained(directory / "text_encoder", device=device, dtype=dtype)
         defaults = PipelineDefaults.from_dict(index.get("lensgen", {}))
-        pipe = cls(transformer, codec, text_encoder, defaults, name=index.get("name", directory.name))
-        return pipe.to(device) if device else pipe
+        return cls(transformer, codec, text_encoder, defaults, name=index.get("name", directory.name))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         from lensgen.io import atomic_write_json
@@ -202,7 +206,7 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(np.ascontiguousarray(a)) for a in arrays]
 
 
-SHAPES_TEXT_ENCODER = {"backend": "minilm", "layers": [2, 4, 5, 6], "max_length": 128}
+SHAPES_TEXT_ENCODER = {"backend": "minilm"}  # blocks 1-4 of all-MiniLM-L6-v2 (docs/text_and_latents.md)
 
 
 def build_shapes_pipeline(seed: int = 0) -> LensPipeline:

@@ -88,7 +88,7 @@ PRESETS: dict[str, LensTransformerConfig] = {
     # Sized with benchmarks/transformer_speed.py so CPU training runs at tens of images per second.
     "shapes-tiny": LensTransformerConfig(
         num_layers=6, num_attention_heads=4, attention_head_dim=64, patch_size=8, out_channels=3,
-        in_channels=192, enc_hidden_dim=384, selected_layer_index=(2, 4, 5, 6), mlp_hidden_dim=None,
+        in_channels=192, enc_hidden_dim=384, selected_layer_index=(1, 2, 3, 4), mlp_hidden_dim=None,
     ),
 }
 

@@ -22,8 +22,7 @@ from lensgen.errors import UserError
 class ModelConfig:
     preset: str = "shapes-tiny"  # transformer preset (lensgen.models.transformer.PRESETS)
     overrides: dict = field(default_factory=dict)  # LensTransformerConfig fields to change
-    text_encoder: dict = field(default_factory=lambda: {"backend": "minilm", "layers": [2, 4, 5, 6],
-                                                        "max_length": 128})
+    text_encoder: dict = field(default_factory=lambda: {"backend": "minilm"})  # blocks 1-4, up to 256 tokens
     codec: dict = field(default_factory=lambda: {"backend": "pixel", "patch_size": 8})
     init_from: str | None = None  # a pipeline folder whose transformer weights start the run
 

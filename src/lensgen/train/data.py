@@ -38,8 +38,6 @@ def pick_caption(captions: dict, mode: str, dense_prob: float, rng: random.Rando
 
 class ShapesSource:
     def __init__(self, table: BucketTable, num_items: int, seed: int = 0):
-        from lensgen.data.shapes import generate_scene  # noqa: F401  (fail early if missing)
-
         self.table, self.num_items, self.seed = table, num_items, seed
 
     def __len__(self) -> int:
@@ -49,12 +47,11 @@ class ShapesSource:
         return random.Random(f"bucket-{self.seed}-{index}").randrange(len(self.table))
 
     def load(self, index: int) -> tuple[Image.Image, dict]:
-        from lensgen.data.shapes import captions_for, generate_scene, render_scene
+        from lensgen.data.shapes import captions, generate_scene, render
 
-        height, width = self.table.sizes[self.bucket_of(index)]
-        scene = generate_scene(seed=(self.seed, index), split="train")
-        image = render_scene(scene, height=height, width=width)
-        return image, captions_for(scene, seed=(self.seed, index))
+        bucket = self.table[self.bucket_of(index)]
+        scene = generate_scene((self.seed, index), aspect=bucket.width / bucket.height, split="train")
+        return render(scene, bucket.height, bucket.width), captions(scene, (self.seed, index))
 
 
 class ShardSource:
@@ -85,7 +82,7 @@ class ShardSource:
                     raise UserError(f"{shard}: sample {key} has no captions in its .json")
                 with Image.open(io.BytesIO(image)) as im:
                     w, h = im.size
-                self.items.append((image, captions, table.nearest(h, w)))
+                self.items.append((image, captions, table.nearest(h, w).index))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -96,7 +93,8 @@ class ShardSource:
     def load(self, index: int) -> tuple[Image.Image, dict]:
         data, captions, bucket = self.items[index]
         image = Image.open(io.BytesIO(data)).convert("RGB")
-        return resize_and_center_crop(image, self.table.sizes[bucket]), captions
+        b = self.table[bucket]
+        return resize_and_center_crop(image, (b.height, b.width)), captions
 
 
 @dataclass

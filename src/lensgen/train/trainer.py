@@ -80,8 +80,9 @@ class Trainer:
         torch.manual_seed(config.optim.seed)
 
         # frozen encoders
-        self.text_encoder = build_text_encoder(config.model.text_encoder).to(self.device)
-        self.codec = build_codec(config.model.codec).to(self.device)
+        frozen_dtype = torch.bfloat16 if self.bf16 else torch.float32
+        self.text_encoder = build_text_encoder(config.model.text_encoder, device=self.device, dtype=frozen_dtype)
+        self.codec = build_codec(config.model.codec, device=self.device)
         # the model
         tcfg = transformer_config(config)
         if config.model.init_from:
@@ -112,8 +113,7 @@ class Trainer:
             self.source = ShapesSource(self.table, config.data.num_items, seed=o.seed)
         else:
             self.source = ShardSource(config.data.shards, self.table)
-        bucket_tokens = [(h // self.codec.spatial_factor) * (w // self.codec.spatial_factor)
-                         for h, w in self.table.sizes]
+        bucket_tokens = [b.tokens(self.codec.spatial_factor) for b in self.table]
         self.sampler = MixedResolutionSampler(
             [self.source.bucket_of(i) for i in range(len(self.source))], bucket_tokens, o.batch_size,
             seed=o.seed, rank=self.info.rank, world_size=self.info.world_size, mode=config.data.sampler)
@@ -197,6 +197,11 @@ class Trainer:
             loss.backward()
             total += loss.item()
             images += len(indices)
+        for p in self.model.parameters():
+            # The last block's text-stream output feeds nothing, so its MLP gets no gradient. A zero gradient
+            # gives it optimizer state like every other parameter, so checkpoints have one fixed key set.
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -247,6 +252,7 @@ class Trainer:
             if self.step % cfg.checkpoint.every == 0 or self.step == o.steps:
                 self.save()
         bar.close()
+        self.write_rank_report()
         export_dir = self.export(self.out / "final")
         elapsed = time.perf_counter() - start
         summary = {"steps": self.step, "steps_this_run": self.step - start_step, "wall_s": elapsed,
@@ -258,6 +264,14 @@ class Trainer:
             if self.writer:
                 self.writer.close()
         return summary
+
+    def write_rank_report(self) -> None:
+        """Each rank's view of the final weights (a collective under FSDP): ranks must agree exactly."""
+        checksum = sum(float(full_tensor(p.detach()).double().square().sum()) for p in self.model.parameters())
+        ema = sum(float(full_tensor(v).double().square().sum()) for v in self.ema.shadow.values())
+        atomic_write_json(self.out / "ranks" / f"rank{self.info.rank}.json",
+                          {"rank": self.info.rank, "world_size": self.info.world_size, "step": self.step,
+                           "param_sq_sum": checksum, "ema_sq_sum": ema})
 
     def save(self) -> None:
         meta = {"sampler": self.sampler.state_dict(), "config": config_to_dict(self.cfg)}
@@ -282,7 +296,7 @@ class Trainer:
         if model is None:
             return None
         mid = self.cfg.data.bases[len(self.cfg.data.bases) // 2]
-        defaults = PipelineDefaults(height=mid, width=mid, steps=20, cfg=5.0, max_side=max(self.table.sizes[0]) * 2)
+        defaults = PipelineDefaults(height=mid, width=mid, steps=20, cfg=5.0, max_side=2 * max(max(b.height, b.width) for b in self.table))
         pipe = LensPipeline(model, self.codec.cpu(), self.text_encoder.cpu(), defaults,
                             name=f"{self.cfg.model.preset} step {self.step}")
         pipe.save_pretrained(directory)

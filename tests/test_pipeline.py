@@ -1,0 +1,103 @@
+"""LensPipeline and `lensgen generate`: folders, sizes, seeds, CFG batching, PNG metadata, clear errors."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from lensgen import cli
+from lensgen.errors import UserError
+from lensgen.pipeline import LensPipeline, build_shapes_pipeline
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_shapes_pipeline(seed=0)
+
+
+@pytest.fixture(scope="module")
+def saved(pipe, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model")
+    pipe.save_pretrained(path)
+    return path
+
+
+def test_call_returns_images_of_the_requested_size(pipe):
+    images = pipe(["a red circle", "two blue squares"], height=48, width=96, steps=2, cfg=5.0, seed=0)
+    assert [im.size for im in images] == [(96, 48), (96, 48)]
+    assert all(im.mode == "RGB" for im in images)
+
+
+def test_seeds_reproduce_and_are_per_sample(pipe):
+    a = pipe("a red circle", height=64, width=64, steps=2, seed=7, output_type="pt")
+    b = pipe("a red circle", height=64, width=64, steps=2, seed=7, output_type="pt")
+    torch.testing.assert_close(a, b)
+    batch = pipe(["x", "a red circle"], height=64, width=64, steps=2, seed=[3, 7], output_type="pt")
+    torch.testing.assert_close(batch[1:], a, rtol=1e-4, atol=1e-4)  # independent of batch mates
+    c = pipe("a red circle", height=64, width=64, steps=2, seed=8, output_type="pt")
+    assert not torch.allclose(a, c)
+
+
+def test_cfg_one_skips_the_uncond_pass(pipe, monkeypatch):
+    batches = []
+    real = pipe.transformer.forward
+
+    def spy(img, *args, **kwargs):
+        batches.append(img.shape[0])
+        return real(img, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.transformer, "forward", spy)
+    pipe(["a", "b"], height=64, width=64, steps=3, cfg=1.0)
+    assert batches == [2, 2, 2]
+    batches.clear()
+    pipe(["a", "b"], height=64, width=64, steps=3, cfg=5.0)
+    assert batches == [4, 4, 4]  # [cond; uncond] in one batch
+
+
+def test_bad_sizes_are_refused(pipe):
+    with pytest.raises(UserError, match="multiples of 8"):
+        pipe("x", height=60, width=64, steps=1)
+    with pytest.raises(UserError, match="1:2 .. 2:1"):
+        pipe("x", height=32, width=96, steps=1)
+
+
+def test_save_and_load_gives_the_same_images(pipe, saved):
+    loaded = LensPipeline.from_pretrained(saved)
+    a = pipe("a red circle", height=64, width=64, steps=2, seed=1, output_type="pt")
+    b = loaded("a red circle", height=64, width=64, steps=2, seed=1, output_type="pt")
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert loaded.default_height == 64 and loaded.defaults.steps == 20
+
+
+def test_missing_or_malformed_folders(tmp_path, saved):
+    with pytest.raises(UserError, match="does not exist"):
+        LensPipeline.from_pretrained(tmp_path / "nope")
+    with pytest.raises(UserError, match="model_index.json is missing"):
+        LensPipeline.from_pretrained(tmp_path)
+    (tmp_path / "model_index.json").write_text("{oops")
+    with pytest.raises(UserError, match="malformed"):
+        LensPipeline.from_pretrained(tmp_path)
+    (tmp_path / "model_index.json").write_text(json.dumps({"name": "x"}))
+    with pytest.raises(UserError, match="transformer/"):
+        LensPipeline.from_pretrained(tmp_path)
+
+
+def test_generate_cli_writes_png_with_metadata(saved, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    code = cli.main(["generate", "a yellow star", "--model", str(saved), "--size", "96x48", "--steps", "2",
+                     "--cfg", "3", "--seed", "5", "-o", str(out), "-q"])
+    assert code == 0
+    image = Image.open(out)
+    assert image.size == (96, 48)
+    assert image.text["prompt"] == "a yellow star" and image.text["seed"] == "5"
+    assert image.text["steps"] == "2" and image.text["cfg"] == "3.0" and image.text["model"] == str(saved)
+
+
+def test_generate_cli_errors_are_one_line(tmp_path, capsys):
+    code = cli.main(["generate", "x", "--model", str(tmp_path / "none"), "-o", str(tmp_path / "o.png")])
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
+    code = cli.main(["generate", "x", "--size", "100x64", "-o", str(tmp_path / "o.png"), "-q"])
+    assert code == 2
+    assert "multiples of 8" in capsys.readouterr().err

@@ -1,0 +1,90 @@
+"""ShapesEval: prompt files, GenEval scoring rules on hand-built scenes, ceiling and floor."""
+
+import pytest
+
+from lensgen.data.shapes import render
+from lensgen.data.shapes.evalset import TASKS, build_prompts, load_prompts, prompt_path
+from lensgen.data.shapes.groundtruth import scene_for_prompt
+from lensgen.data.shapes.heldout import HELDOUT_WORDS, is_heldout_pair, is_heldout_position
+from lensgen.data.shapes.judge import detect
+from lensgen.data.shapes.prompt import parse_prompt
+from lensgen.data.shapes.scene import Background, ObjectSpec, Scene
+from lensgen.errors import UserError
+from lensgen.eval.shapes import evaluate, format_table, geneval_check, ground_truth_generator, noise_generator
+
+
+def test_committed_prompt_files_match_the_seeded_build():
+    built = build_prompts()
+    loaded = load_prompts()
+    assert [s.to_dict() for s in loaded] == [s.to_dict() for s in built]
+    assert {s.task for s in loaded} == set(TASKS)
+    assert len({s.prompt for s in loaded}) == len(loaded)
+    assert all(prompt_path(t).exists() for t in TASKS)
+    for s in loaded:  # each record's text says what its structure says
+        parsed = parse_prompt(s.prompt)
+        assert parsed.objects == s.objects and parsed.relation == s.relation and parsed.text == s.text
+        if s.task == "text":
+            assert s.text in HELDOUT_WORDS
+        if s.task == "color_attr":
+            a, b = s.objects
+            assert is_heldout_pair((a.colour, a.shape), (b.colour, b.shape))
+        if s.task == "position":
+            assert is_heldout_position(s.objects[0].shape, s.relation.relation, s.objects[1].shape)
+    with pytest.raises(UserError):
+        load_prompts(["nope"])
+
+
+def _scene(*objs):
+    return Scene([ObjectSpec(*o) for o in objs], Background("plain", 140))
+
+
+def _check(prompt, scene, exact=False):
+    spec = parse_prompt(prompt)
+    spec.exact_count = exact
+    return geneval_check(spec, detect(render(scene, 64, 64)))[0]
+
+
+def test_scoring_rules_on_hand_built_scenes():
+    two_left = _scene(("circle", "red", 0.25, 0.5, 0.16), ("star", "blue", 0.75, 0.5, 0.16))
+    assert _check("a photo of a red circle left of a blue star", two_left)
+    assert not _check("a photo of a red circle right of a blue star", two_left)  # wrong position
+    assert not _check("a photo of a blue circle and a red star", two_left)  # swapped colours
+    assert _check("a photo of a circle and a star", two_left)
+    three = _scene(*[("heart", "green", x, y, 0.14) for x, y in ((0.2, 0.25), (0.75, 0.25), (0.5, 0.75))])
+    assert _check("a photo of three hearts", three, exact=True)
+    assert not _check("a photo of two hearts", three, exact=True)  # counting is exact
+    assert _check("a photo of two hearts", three, exact=False)  # other tasks need "at least"
+    assert not _check("a photo of four hearts", three, exact=True)
+    diagonal = _scene(("square", "white", 0.3, 0.3, 0.15), ("triangle", "black", 0.36, 0.75, 0.15))
+    assert _check("a photo of a square above a triangle", diagonal)
+    assert not _check("a photo of a square left of a triangle", diagonal)  # within GenEval's margin
+
+
+def test_ground_truth_is_the_ceiling_and_noise_the_floor():
+    specs = [s for t in TASKS if t != "text" for s in load_prompts([t], limit=3)] + load_prompts(["text"], limit=1)
+    for spec in specs:
+        scene = scene_for_prompt(spec, 0, 1.0)
+        assert scene_for_prompt(spec, 0, 1.0) == scene
+    gt = evaluate(ground_truth_generator(specs, 64, 64), prompts=specs, n_per_prompt=2, batch_size=8, progress=False)
+    assert gt.overall >= 0.98 and gt.geneval_overall >= 0.98
+    assert len(gt.samples) == 2 * len(specs) and {s.seed for s in gt.samples} == {0, 1}
+    floor = evaluate(noise_generator(64, 64), prompts=specs, n_per_prompt=1, progress=False)
+    assert floor.overall <= 0.05
+    table = format_table(gt)
+    assert "| counting |" in table and "overall" in table
+
+
+def test_evaluate_calls_any_batched_callable():
+    specs = load_prompts(["single_object"], limit=2)
+    calls = []
+
+    def generate(prompts, seeds):
+        calls.append((list(prompts), list(seeds)))
+        return ground_truth_generator(specs, 64, 96)(prompts, seeds)
+
+    res = evaluate(generate, prompts=specs, n_per_prompt=3, batch_size=4, seed=10, progress=False)
+    assert [len(p) for p, _ in calls] == [4, 2] and calls[0][1] == [10, 11, 12, 10]
+    assert res.tasks == {"single_object": 1.0}
+
+    with pytest.raises(ValueError):
+        evaluate(lambda p, s: [], prompts=specs, n_per_prompt=1, progress=False)

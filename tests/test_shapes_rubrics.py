@@ -1,0 +1,54 @@
+"""Rubrics: items across the five dimensions, graded scores, the global rule."""
+
+from lensgen.data.shapes import generate_scene, parse_prompt, render
+from lensgen.data.shapes.groundtruth import scene_for_prompt
+from lensgen.data.shapes.rubrics import DIMENSIONS, MAX_ITEMS, rubrics_for, score
+from lensgen.data.shapes.scene import Background, ObjectSpec, Scene, SceneConfig
+
+
+def _img(spec_text, seed=0):
+    spec = parse_prompt(spec_text)
+    return render(scene_for_prompt(spec, seed), 64, 64)
+
+
+def test_rubrics_from_prompt_scene_and_dict():
+    r = rubrics_for("a photo of a red circle left of a blue star")
+    kinds = {it.kind for it in r.items}
+    assert {"shape", "colour", "count", "relation"} <= kinds and r.expected == {"circle": 1, "star": 1}
+    scene = generate_scene(1, 1.0, SceneConfig(min_objects=4))
+    rs = rubrics_for(scene)
+    assert len(rs.items) <= MAX_ITEMS and {it.dimension for it in rs.items} <= set(DIMENSIONS)
+    assert rubrics_for(scene.to_dict()).items == rs.items
+    big = Scene([ObjectSpec("circle", "red", 0.25, 0.5, 0.25), ObjectSpec("star", "blue", 0.75, 0.5, 0.14)],
+                Background())
+    assert {it.dimension for it in rubrics_for(big).items} == set(DIMENSIONS)
+
+
+def test_correct_image_scores_one_and_wrong_images_score_low():
+    prompt = "a photo of a red circle left of a blue star"
+    r = rubrics_for(prompt)
+    good = score(_img(prompt), r)
+    assert good.total > 0.95 and all(v == 1.0 for _, v in good.items)
+    swapped = score(_img("a photo of a blue circle left of a red star"), r)
+    moved = score(_img("a photo of a red circle right of a blue star"), r)
+    wrong = score(_img("a photo of two green hearts"), r)
+    assert swapped.total <= 0.25 and moved.total <= 0.25 and wrong.total < 0.05
+    assert wrong.total < moved.total  # graded: closer images earn more
+
+
+def test_partial_credit_for_counts_and_extra_objects():
+    r = rubrics_for("a photo of three stars")
+    exact = score(_img("a photo of three stars"), r).total
+    two = score(_img("a photo of two stars"), r).total
+    one = score(_img("a photo of a star"), r).total
+    assert exact > 0.95 > two > one
+    extra = score(_img("a photo of three stars and a circle"), r)
+    assert extra.global_score < 0.8 and extra.total < exact
+
+
+def test_scene_rubrics_on_own_render_and_text_item():
+    for seed in range(5):
+        scene = generate_scene(seed, 1.0, SceneConfig(p_text=0.0))
+        assert score(render(scene, 64, 64), rubrics_for(scene)).total > 0.9
+    text = score(_img('a sign that says "OPEN"'), rubrics_for('a sign that says "OPEN"'))
+    assert [it.kind for it, _ in text.items] == ["text"] and text.total > 0.95
