@@ -88,3 +88,20 @@ def test_evaluate_calls_any_batched_callable():
 
     with pytest.raises(ValueError):
         evaluate(lambda p, s: [], prompts=specs, n_per_prompt=1, progress=False)
+
+
+def test_eval_cli_runs_a_model_folder(tmp_path):
+    """`lensgen eval shapes --model DIR` samples the pipeline and scores what it draws."""
+    import json
+
+    from lensgen.cli import main
+    from lensgen.pipeline import build_shapes_pipeline
+
+    build_shapes_pipeline(seed=0).save_pretrained(tmp_path / "model")
+    out = tmp_path / "eval"
+    assert main(["eval", "shapes", "--model", str(tmp_path / "model"), "--tasks", "single_object,counting",
+                 "--limit", "2", "--n-per-prompt", "2", "--steps", "2", "--no-progress", "--out", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert set(result["tasks"]) == {"single_object", "counting"}
+    assert len(result["samples"]) == 2 * 2 * 2 and 0 <= result["overall"] <= 1
+    assert "model" in (out / "results.md").read_text()

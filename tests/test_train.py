@@ -74,3 +74,31 @@ def test_torchrun_fsdp2_two_ranks_checkpoint_resume_agree(tmp_path):
     assert len(losses(out)) == 4
     assert (out / "final" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000004"
+
+
+def test_shard_source_caption_mix_per_batch_and_text_cache(tmp_path):
+    """Training from `lensgen data shapes` shards; per-batch caption draws; the text cache fills its folder."""
+    import random
+
+    shards = tmp_path / "shards"
+    assert cli.main(["data", "shapes", "--n", "24", "--out", str(shards), "--shard-size", "12",
+                     "--bases", "32,48,64", "--no-progress"]) == 0
+    config = load_config(write_config(tmp_path / "s.yaml", tmp_path / "run", 2), [
+        "data.source=shards", f"data.shards={shards}", "data.caption_mix=batch", "data.dense_prob=0.5",
+        f"data.text_cache={tmp_path / 'text'}", "optim.caption_dropout=0", "log.val_every=0"])
+    trainer = Trainer(config, progress=False)
+    assert len(trainer.source) == 24
+    for i in range(len(trainer.source)):
+        image, captions = trainer.source.load(i)
+        bucket = trainer.table[trainer.source.bucket_of(i)]
+        assert (image.height, image.width) == (bucket.height, bucket.width) and captions["dense"]
+    kinds = set()
+    for s in range(12):
+        batch = trainer._items(next(trainer.batches), random.Random(s))
+        words = [len(p.split()) for p in batch.prompts]
+        assert max(words) < 30 or min(words) > 30, words  # all short or all dense, never mixed in a batch
+        kinds.add(max(words) < 30)
+    assert kinds == {True, False}
+    trainer.run()
+    assert trainer.text.misses > 0 and any((tmp_path / "text").rglob("*.safetensors"))
+    assert len(losses(tmp_path / "run")) == 2

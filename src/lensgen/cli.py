@@ -16,6 +16,7 @@ from lensgen.errors import UserError
 # Modules that contribute commands; each defines register(groups: dict[str, argparse._SubParsersAction]).
 COMMAND_MODULES = [
     "lensgen.commands",
+    "lensgen.demo",
     "lensgen.train.cli",
     "lensgen.data.shapes.cli",
     "lensgen.data.curate.cli",

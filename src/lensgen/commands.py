@@ -1,23 +1,10 @@
-"""Inference commands: `lensgen generate` and `lensgen demo`."""
+"""Inference commands: `lensgen generate` (the demo lives in lensgen.demo)."""
 
 from __future__ import annotations
 
 import argparse
-import html
 import sys
-import time
 from pathlib import Path
-
-DEMO_PROMPTS = [
-    ("a red circle", "64x64"),
-    ("two blue squares", "64x64"),
-    ("a yellow star to the left of a green triangle", "96x48"),
-    ("three purple hexagons", "48x96"),
-    ("a white heart on a black background", "72x56"),
-    ("an orange triangle above a pink circle", "56x72"),
-    ("a brown square and a blue star", "88x56"),
-    ("four green circles", "64x64"),
-]
 
 
 def load_pipeline(model: str | None, device: str | None = None):
@@ -69,36 +56,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Generate a small grid from the default model across aspect ratios and write an HTML page."""
-    from lensgen.io import atomic_write_text
-    from lensgen.sizes import parse_size
-
-    out = Path(args.out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(args.model)
-    start = time.perf_counter()
-    cards = []
-    for i, (prompt, size) in enumerate(DEMO_PROMPTS):
-        height, width = parse_size(size)
-        image = pipe(prompt, height=height, width=width, seed=i, progress=False)[0]
-        name = f"images/{i:02d}.png"
-        image.save(out / name, pnginfo=png_metadata(prompt=prompt, seed=i, size=size, model=pipe.name))
-        cards.append(f'<figure><img src="{name}" width="{width * 3}" height="{height * 3}">'
-                     f"<figcaption>{html.escape(prompt)}<br><small>{size}, seed {i}</small></figcaption></figure>")
-        print(f"[{i + 1}/{len(DEMO_PROMPTS)}] {prompt} ({size})")
-    page = f"""<!doctype html><meta charset="utf-8"><title>lensgen demo</title>
-<style>body{{font-family:sans-serif;margin:2em}} figure{{display:inline-block;margin:1em;vertical-align:top}}
-img{{image-rendering:pixelated;border:1px solid #ccc}} figcaption{{max-width:300px}}</style>
-<h1>lensgen demo</h1><p>Model: {html.escape(pipe.name)}; {pipe.defaults.steps} steps, CFG {pipe.defaults.cfg};
-generated in {time.perf_counter() - start:.1f} s on this machine.</p>
-{"".join(cards)}
-"""
-    atomic_write_text(out / "index.html", page)
-    print(f"wrote {out / 'index.html'}")
-    return 0
-
-
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     top = groups[""]
     p = top.add_parser(
@@ -120,10 +77,3 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("-o", "--output", default="out.png", help="output PNG (with --num > 1: NAME-i.png)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
-
-    d = top.add_parser("demo", help="the embedded demo: a grid of generations written as an HTML page",
-                       description="Generate a grid for eight prompts across aspect ratios from the default "
-                                   "model and write OUT/index.html.")
-    d.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    d.add_argument("--model", help="model folder (default: the shipped model)")
-    d.set_defaults(func=cmd_demo)

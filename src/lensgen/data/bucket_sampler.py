@@ -3,8 +3,10 @@
 Lens trains every optimisation step on a mix of sizes and aspect ratios. Each dataset item has a
 bucket (one of the 27 (h, w) sizes); a batch is drawn from a seeded permutation of all items, so it
 mixes buckets, and the transformer's per-sample sizes and key-padding masks handle the different
-token counts (padding never enters attention or the loss). `mode="grouped"` instead draws each batch
-from one bucket (no padding at all), for when padding waste matters more than per-step mixing.
+token counts (padding never enters attention or the loss). `mode="class"` draws each batch from one
+size class, mixing its aspect ratios (their token counts differ by a few percent, so almost nothing is
+padded); `mode="grouped"` draws each batch from one bucket (no padding at all). The last two trade
+per-step mixing for throughput; `benchmarks/bucket_padding.py` prints the waste of each.
 
 Distributed: each epoch's permutation is the same on every rank; rank r takes every world-th item
 after truncating to a multiple of world * batch, so all ranks run the same number of steps (no hang
@@ -17,6 +19,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+MODES = ("mixed", "class", "grouped")
+
 
 class MixedResolutionSampler:
     def __init__(
@@ -28,12 +32,17 @@ class MixedResolutionSampler:
         rank: int = 0,
         world_size: int = 1,
         mode: str = "mixed",
+        bucket_class: Sequence[int] | None = None,
     ):
-        """buckets[i]: bucket index of item i; bucket_tokens[b]: image tokens of bucket b."""
+        """buckets[i]: bucket index of item i; bucket_tokens[b]: image tokens of bucket b;
+        bucket_class[b]: size class of bucket b (mode "class")."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if mode not in ("mixed", "grouped"):
-            raise ValueError(f"mode must be 'mixed' or 'grouped', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode == "class" and bucket_class is None:
+            raise ValueError("mode 'class' needs bucket_class (the size class of each bucket)")
+        self.bucket_class = list(bucket_class) if bucket_class is not None else list(range(len(bucket_tokens)))
         self.buckets = torch.as_tensor(list(buckets), dtype=torch.long)
         self.bucket_tokens = list(bucket_tokens)
         self.batch_size, self.seed, self.rank, self.world_size, self.mode = batch_size, seed, rank, world_size, mode
@@ -49,10 +58,12 @@ class MixedResolutionSampler:
             order = order[: len(order) // step * step]
             mine = order[self.rank :: self.world_size].tolist()
             return [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
-        # grouped: full global batches per bucket, then the batch order shuffled
+        # grouped / class: full global batches per bucket (or per size class), then the batch order shuffled
+        group_of = torch.as_tensor(self.bucket_class if self.mode == "class" else range(len(self.bucket_tokens)))
+        groups = group_of[self.buckets[order]]
         global_batches = []
-        for b in range(len(self.bucket_tokens)):
-            items = order[self.buckets[order] == b]
+        for g in sorted(set(group_of.tolist())):
+            items = order[groups == g]
             items = items[: len(items) // step * step]
             global_batches += [items[i : i + step] for i in range(0, len(items), step)]
         perm = torch.randperm(len(global_batches), generator=gen).tolist()

@@ -34,11 +34,11 @@ class DataConfig:
     num_items: int = 200_000  # items per epoch for the procedural source
     caption: str = "mixed"  # dense | short | mixed
     dense_prob: float = 0.7  # with caption: mixed, probability of the dense caption
+    caption_mix: str = "sample"  # mixed captions drawn per sample, or per batch (short batches stay short: cheaper)
     bases: list[int] = field(default_factory=lambda: [48, 64, 80])  # 3 size classes x 9 ratios = 27 buckets
     multiple: int = 8  # bucket sides are multiples of this (the codec's pixels per token)
-    sampler: str = "mixed"  # mixed (random mix of buckets per batch) | grouped (one bucket per batch)
-    text_cache: str | None = None  # folder for cached text features (small fixed datasets only)
-    workers: int = 0  # DataLoader worker processes
+    sampler: str = "mixed"  # mixed (any buckets per batch) | class (one size class) | grouped (one bucket)
+    text_cache: str | None = None  # None: encode every step; "": cache in memory; a folder: also on disk
 
 
 @dataclass
@@ -103,8 +103,9 @@ class TrainConfig:
             (self.data.source != "shards" or bool(self.data.shards), "data.shards", "a folder when source is shards"),
             (self.data.caption in ("dense", "short", "mixed"), "data.caption", "dense, short or mixed"),
             (0 <= self.data.dense_prob <= 1, "data.dense_prob", "a probability in [0, 1]"),
+            (self.data.caption_mix in ("sample", "batch"), "data.caption_mix", "sample or batch"),
             (len(self.data.bases) > 0 and all(b > 0 for b in self.data.bases), "data.bases", "positive sizes"),
-            (self.data.sampler in ("mixed", "grouped"), "data.sampler", "mixed or grouped"),
+            (self.data.sampler in ("mixed", "class", "grouped"), "data.sampler", "mixed, class or grouped"),
             (self.optim.steps > 0, "optim.steps", "a positive integer"),
             (self.optim.batch_size > 0, "optim.batch_size", "a positive integer"),
             (self.optim.grad_accum > 0, "optim.grad_accum", "a positive integer"),

@@ -37,6 +37,7 @@ from lensgen.train.parallel import (
     full_tensor,
     init_distributed,
 )
+from lensgen.train.text_cache import CachedTextEncoder
 
 VAL_SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -82,6 +83,9 @@ class Trainer:
         # frozen encoders
         frozen_dtype = torch.bfloat16 if self.bf16 else torch.float32
         self.text_encoder = build_text_encoder(config.model.text_encoder, device=self.device, dtype=frozen_dtype)
+        # what the loop encodes prompts with: the encoder itself, or a cache in front of it
+        self.text = CachedTextEncoder(self.text_encoder, config.data.text_cache or None) \
+            if config.data.text_cache is not None else self.text_encoder
         self.codec = build_codec(config.model.codec, device=self.device)
         # the model
         tcfg = transformer_config(config)
@@ -116,7 +120,8 @@ class Trainer:
         bucket_tokens = [b.tokens(self.codec.spatial_factor) for b in self.table]
         self.sampler = MixedResolutionSampler(
             [self.source.bucket_of(i) for i in range(len(self.source))], bucket_tokens, o.batch_size,
-            seed=o.seed, rank=self.info.rank, world_size=self.info.world_size, mode=config.data.sampler)
+            seed=o.seed, rank=self.info.rank, world_size=self.info.world_size, mode=config.data.sampler,
+            bucket_class=[b.index // self.table.num_ratios for b in self.table])
         self.batches = iter(self.sampler)
         self.step = 0
         self.ckpt_root = self.out / "checkpoints"
@@ -139,10 +144,16 @@ class Trainer:
     # ---- batches -----------------------------------------------------------------------------
 
     def _items(self, indices: list[int], rng: random.Random) -> TokenBatch:
+        d = self.cfg.data
+        mode = d.caption
+        if mode == "mixed" and d.caption_mix == "batch":
+            # one draw for the whole batch: the text stream is padded to the batch's longest caption, so a
+            # short-caption batch costs a fraction of a dense one; in expectation the mix is the same
+            mode = "dense" if rng.random() < d.dense_prob else "short"
         images, prompts = [], []
         for i in indices:
             image, captions = self.source.load(i)
-            prompt = pick_caption(captions, self.cfg.data.caption, self.cfg.data.dense_prob, rng)
+            prompt = pick_caption(captions, mode, d.dense_prob, rng)
             if rng.random() < self.cfg.optim.caption_dropout:
                 prompt = ""  # the empty prompt: zero features, all-false mask
             images.append(image)
@@ -164,7 +175,7 @@ class Trainer:
         self.cfg.optim.caption_dropout = 0.0
         batch = self._items(indices, rng)
         self.cfg.optim.caption_dropout = saved
-        return batch, self.text_encoder.encode(batch.prompts)
+        return batch, self.text.encode(batch.prompts)
 
     def _loss(self, batch: TokenBatch, text: TextFeatures, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         x0 = batch.tokens.to(self.device)
@@ -189,7 +200,7 @@ class Trainer:
             indices = next(self.batches)
             waste.append(self.sampler.padding_waste(indices))
             batch = self._items(indices, rng)
-            text = self.text_encoder.encode(batch.prompts)
+            text = self.text.encode(batch.prompts)
             tokens_per_sample = torch.tensor([h * w for h, w in batch.sizes])
             sigma = self.sigmas.sample(tokens_per_sample, gen)
             noise = torch.randn(batch.tokens.shape, generator=gen)

@@ -1,0 +1,32 @@
+"""The demo: generation grid + a short from-scratch training run, on one HTML page."""
+
+import json
+
+from lensgen.cli import main
+from lensgen.demo import DEMO_PROMPTS, loss_plot_png
+
+
+def test_demo_writes_grid_training_run_and_loss_plot(tmp_path, monkeypatch):
+    monkeypatch.setattr("lensgen.demo.DEMO_PROMPTS", DEMO_PROMPTS[:3])
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--train-steps", "6"]) == 0
+    page = (out / "index.html").read_text()
+    for i, (prompt, size) in enumerate(DEMO_PROMPTS[:3]):
+        assert prompt in page and (out / "images" / f"{i:02d}.png").is_file()
+        w, h = (int(v) for v in size.split("x"))
+        from PIL import Image
+
+        assert Image.open(out / "images" / f"{i:02d}.png").size == (w, h)
+    metrics = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 7))
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 'src="loss.png"' in page
+    assert (out / "train" / "final" / "model_index.json").is_file()
+    # a second run starts a fresh curve instead of appending to the old one
+    assert main(["demo", "--out", str(out), "--train-steps", "6"]) == 0
+    assert len((out / "train" / "metrics.jsonl").read_text().splitlines()) == 6
+
+
+def test_loss_plot_includes_validation_points():
+    metrics = [{"step": s, "loss": 1.0 / s, **({"val_loss@0.5": 0.5, "val_loss@0.9": 0.7} if s % 2 == 0 else {})}
+               for s in range(1, 11)]
+    assert loss_plot_png(metrics)[:4] == b"\x89PNG"
