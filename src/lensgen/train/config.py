@@ -7,8 +7,6 @@ cluster job never dies an hour in on a typo.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 import yaml
 
 from lensgen.errors import UserError
+from lensgen.typed_config import from_mapping, read_yaml
 
 
 @dataclass
@@ -127,83 +126,9 @@ class TrainConfig:
                 raise UserError(f"config field {name}: expected {expected}")
 
 
-def _check_type(value: Any, annotation: Any, name: str) -> Any:
-    """Coerce/validate one YAML value against a dataclass field annotation."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {**typing.__dict__, **globals()})  # noqa: S307 - our own annotations
-    origin = typing.get_origin(annotation)
-    if annotation is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _check_type(value, option, name)
-            except UserError as err:
-                errors.append(str(err))
-        raise UserError(errors[0] if errors else f"config field {name}: unexpected value {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise UserError(f"config field {name}: expected a list, got {value!r}")
-        (item,) = typing.get_args(annotation) or (Any,)
-        return [_check_type(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or annotation is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"config field {name}: expected a mapping, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UserError(f"config field {name}: expected a number, got {value!r}")
-        return float(value)
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"config field {name}: expected an integer, got {value!r}")
-        return value
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"config field {name}: expected true or false, got {value!r}")
-        return value
-    if annotation is str:
-        if not isinstance(value, str):
-            raise UserError(f"config field {name}: expected a string, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(annotation):
-        return _from_dict(annotation, value, name)
-    return value
-
-
-def _from_dict(cls, data: Any, prefix: str):
-    if not isinstance(data, dict):
-        raise UserError(f"config section {prefix or 'top level'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise UserError(f"unknown config field {where}{unknown[0]} (known: {', '.join(sorted(known))})")
-    kwargs = {k: _check_type(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config; `overrides` are `section.field=value` strings (YAML values) applied on top."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"config file {path} is not valid YAML: {err}") from None
+    data = read_yaml(path)
     for item in overrides or []:
         if "=" not in item:
             raise UserError(f"override {item!r}: expected section.field=value")
@@ -211,12 +136,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:
+                node[part] = {}  # a missing or empty section
+            node = node[part]
+            if not isinstance(node, dict):
+                raise UserError(f"override {item!r}: {part} is not a section")
         node[leaf] = yaml.safe_load(value)
-    try:
-        config = _from_dict(TrainConfig, data, "")
-    except UserError as err:
-        raise UserError(f"{path}: {err}") from None
+    config = from_mapping(TrainConfig, data, str(path))
     config.validate()
     return config
 

@@ -10,16 +10,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from lensgen.errors import UserError
+from lensgen.typed_config import from_mapping, read_yaml
 
 NUDENET_EXPOSED = (
     "FEMALE_BREAST_EXPOSED",
@@ -175,73 +172,6 @@ class CurateConfig:
         data = self.to_dict()
         data["run"] = {k: data["run"][k] for k in ("shard_size", "batch_size", "work_size")}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, where)
-    if origin is Literal:
-        if value not in args:
-            raise UserError(f"{where}: got {value!r}, expected one of {', '.join(map(repr, args))}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        return from_mapping(tp, value, where)
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise UserError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UserError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise UserError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
-
-
-def from_mapping(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass `cls` from a mapping, refusing unknown fields and values of the wrong type."""
-    if data is None:
-        return cls()
-    if not isinstance(data, Mapping):
-        raise UserError(f"{where}: expected a mapping of fields, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise UserError(f"{where}: unknown field(s) {', '.join(unknown)}; known fields: {', '.join(names)}")
-    kwargs = {name: _coerce(hints[name], data[name], f"{where}.{name}") for name in names if name in data}
-    try:
-        return cls(**kwargs)
-    except UserError as err:
-        raise UserError(f"{where}: {err}") from None
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"config file {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path}: expected a mapping at the top level")
-    return data
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> CurateConfig:
