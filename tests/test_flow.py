@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lensgen.flow.sampler import SAMPLER_PRESETS, cfg_velocity_fn, euler_sample, guided_velocity
-from lensgen.flow.schedule import empirical_mu, sampling_sigmas, shift_sigma
+from lensgen.flow.schedule import empirical_mu, sampling_sigmas, schedule_mu, shift_sigma, train_mu
 
 
 def test_empirical_mu_hand_computed():
@@ -30,6 +30,19 @@ def test_sigmas_shifted_and_terminated():
     unshifted = sampling_sigmas(4, 64, shift=False)
     assert unshifted.tolist() == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
     assert shift_sigma(torch.tensor(0.5), 0.0).item() == pytest.approx(0.5)
+
+
+def test_named_schedules():
+    assert schedule_mu("empirical", 64, 20) == empirical_mu(64, 20)
+    assert schedule_mu("train", 64, 20) == schedule_mu("train", 64, 50) == pytest.approx(1.6927e-4 * 64 + 0.45666666)
+    assert schedule_mu(0.7, 64, 20) == 0.7
+    fixed = sampling_sigmas(4, 64, schedule=0.0)
+    assert fixed.tolist() == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+    # at 64 tokens FLUX.2's 20-step fit shifts far harder towards noise than training did
+    assert sampling_sigmas(20, 64)[-2] > sampling_sigmas(20, 64, schedule="train")[-2]
+    assert train_mu(4096) == pytest.approx(empirical_mu(4096, 200))
+    with pytest.raises(ValueError, match="schedule"):
+        sampling_sigmas(4, 64, schedule="fast")
 
 
 def test_guided_velocity_rescales_each_token_to_cond_norm():

@@ -1,6 +1,7 @@
 """LensPipeline and `lensgen generate`: folders, sizes, seeds, CFG batching, PNG metadata, clear errors."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -81,6 +82,13 @@ def test_missing_or_malformed_folders(tmp_path, saved):
     (tmp_path / "model_index.json").write_text(json.dumps({"name": "x"}))
     with pytest.raises(UserError, match="transformer/"):
         LensPipeline.from_pretrained(tmp_path)
+    bad = tmp_path / "bad-schedule"
+    shutil.copytree(saved, bad)
+    index = json.loads((bad / "model_index.json").read_text())
+    index["lensgen"]["schedule"] = "fast"
+    (bad / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(UserError, match="lensgen.schedule"):
+        LensPipeline.from_pretrained(bad)
 
 
 def test_generate_cli_writes_png_with_metadata(saved, tmp_path, capsys):

@@ -55,6 +55,8 @@ def test_resume_gives_the_same_losses_and_export_generates(tmp_path):
     assert cli.main(["generate", "a red circle", "--model", str(straight / "final"), "--size", "48x48",
                      "--steps", "2", "-o", str(out_png), "-q"]) == 0
     assert out_png.stat().st_size > 0
+    # the export samples with the noise-level shift it was trained with
+    assert json.loads((straight / "final" / "model_index.json").read_text())["lensgen"]["schedule"] == "train"
 
 
 @pytest.mark.slow

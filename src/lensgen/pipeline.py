@@ -21,7 +21,7 @@ from PIL import Image
 
 from lensgen.errors import UserError
 from lensgen.flow.sampler import cfg_velocity_fn, euler_sample
-from lensgen.flow.schedule import sampling_sigmas
+from lensgen.flow.schedule import sampling_sigmas, schedule_mu
 from lensgen.models.text_encoder import TextEncoder, TextFeatures, build_text_encoder
 from lensgen.models.transformer import LensTransformer2DModel, preset
 from lensgen.models.vae import LatentCodec, PixelCodec, build_codec
@@ -41,11 +41,18 @@ class PipelineDefaults:
     steps: int = 20
     cfg: float = 5.0
     max_side: int = 1440
+    # noise schedule shift: "empirical" (FLUX.2's, for Lens), "train" (the training shift), or a fixed mu
+    schedule: str | float = "empirical"
 
     @classmethod
     def from_dict(cls, d: dict) -> PipelineDefaults:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        defaults = cls(**{k: v for k, v in d.items() if k in known})
+        try:
+            schedule_mu(defaults.schedule, 256, defaults.steps)
+        except ValueError as err:
+            raise UserError(f"{MODEL_INDEX}: lensgen.schedule: {err}") from None
+        return defaults
 
 
 class LensPipeline:
@@ -186,7 +193,7 @@ class LensPipeline:
 
         velocity_fn = cfg_velocity_fn(model_fn, cfg) if guided else model_fn
         noise = self.initial_noise(seeds, height, width)
-        sigmas = sampling_sigmas(steps, grid[0] * grid[1])
+        sigmas = sampling_sigmas(steps, grid[0] * grid[1], schedule=self.defaults.schedule)
         tokens = euler_sample(velocity_fn, noise, sigmas, progress=progress)
         latents = tokens.transpose(1, 2).unflatten(2, grid)
         images = self.codec.decode(latents.to(self.codec_dtype)).float().clamp(-1, 1)

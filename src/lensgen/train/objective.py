@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lensgen.flow.schedule import shift_sigma
+from lensgen.flow.schedule import shift_sigma, train_mu
 
 
 @dataclass
@@ -27,7 +27,7 @@ class SigmaSampling:
 
     def mu(self, image_tokens: torch.Tensor) -> torch.Tensor:
         if self.shift == "flux2":
-            return 1.6927e-4 * image_tokens.double() + 0.45666666
+            return train_mu(image_tokens.double())
         if self.shift == "none":
             return torch.zeros_like(image_tokens, dtype=torch.float64)
         return torch.full_like(image_tokens, float(self.shift), dtype=torch.float64)

@@ -299,6 +299,11 @@ class Trainer:
         model.load_state_dict(full)
         return model.eval()
 
+    def sampling_schedule(self) -> str | float:
+        """The sampler's noise-schedule shift that matches the one this run trains with."""
+        shift = self.cfg.optim.sigma_shift
+        return "train" if shift == "flux2" else 0.0 if shift == "none" else float(shift)
+
     def export(self, directory: Path) -> Path | None:
         """The EMA weights as a `LensPipeline` folder that `lensgen generate --model` loads."""
         from lensgen.pipeline import LensPipeline, PipelineDefaults
@@ -307,7 +312,8 @@ class Trainer:
         if model is None:
             return None
         mid = self.cfg.data.bases[len(self.cfg.data.bases) // 2]
-        defaults = PipelineDefaults(height=mid, width=mid, steps=20, cfg=5.0, max_side=2 * max(max(b.height, b.width) for b in self.table))
+        defaults = PipelineDefaults(height=mid, width=mid, steps=20, cfg=5.0, schedule=self.sampling_schedule(),
+                                    max_side=2 * max(max(b.height, b.width) for b in self.table))
         pipe = LensPipeline(model, self.codec.cpu(), self.text_encoder.cpu(), defaults,
                             name=f"{self.cfg.model.preset} step {self.step}")
         pipe.save_pretrained(directory)
@@ -323,6 +329,7 @@ class Trainer:
 
         mid = self.cfg.data.bases[len(self.cfg.data.bases) // 2]
         pipe = LensPipeline(model.to(self.device), self.codec, self.text_encoder,
-                            PipelineDefaults(height=mid, width=mid, steps=20, cfg=5.0, max_side=4096))
+                            PipelineDefaults(height=mid, width=mid, steps=20, cfg=5.0, max_side=4096,
+                                             schedule=self.sampling_schedule()))
         images = pipe(self.cfg.log.val_prompts, seed=list(range(len(self.cfg.log.val_prompts))), output_type="pt")
         self.writer.add_images("val_images", (images + 1) / 2, self.step)
