@@ -40,6 +40,8 @@ def test_resume_gives_the_same_losses_and_export_generates(tmp_path):
     Trainer(load_config(write_config(tmp_path / "a.yaml", straight, 4)), progress=False).run()
     split = tmp_path / "split"
     Trainer(load_config(write_config(tmp_path / "b.yaml", split, 2)), progress=False).run()
+    with open(split / "metrics.jsonl", "a") as f:  # a step logged by a run killed after the checkpoint
+        f.write(json.dumps({"step": 3, "loss": 99.0}) + "\n")
     Trainer(load_config(write_config(tmp_path / "b.yaml", split, 4)), resume=True, progress=False).run()
     a, b = losses(straight), losses(split)
     assert len(a) == 4 and len(b) == 4

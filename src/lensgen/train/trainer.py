@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from lensgen.data.bucket_sampler import MixedResolutionSampler
 from lensgen.data.buckets import BucketTable
-from lensgen.io import atomic_write_json
+from lensgen.io import atomic_write_json, atomic_write_text
 from lensgen.models.text_encoder import TextFeatures, build_text_encoder
 from lensgen.models.transformer import LensTransformer2DModel, LensTransformerConfig, preset
 from lensgen.models.vae import build_codec
@@ -134,12 +134,22 @@ class Trainer:
                 self.batches = iter(self.sampler)
                 if self.info.is_main:
                     print(f"resumed from {latest} at step {self.step}")
+                    self._truncate_metrics()
         self.val_batch = self._validation_batch() if config.log.val_every else None
         self.writer = None
         if self.info.is_main and config.log.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines of steps after the checkpoint (a killed run logged them; they will be redone)."""
+        path = self.out / "metrics.jsonl"
+        if path.is_file():
+            lines = path.read_text().splitlines()
+            kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= self.step]
+            if len(kept) != len(lines):
+                atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     # ---- batches -----------------------------------------------------------------------------
 
