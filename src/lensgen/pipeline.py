@@ -118,11 +118,12 @@ class LensPipeline:
         defaults = PipelineDefaults.from_dict(index.get("lensgen", {}))
         return cls(transformer, codec, text_encoder, defaults, name=index.get("name", directory.name))
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
+    def save_pretrained(self, directory: str | os.PathLike, storage: str = "fp32") -> None:
+        """The folder `from_pretrained` reads; `storage` is the transformer's weight format (fp32, bf16, int8)."""
         from lensgen.io import atomic_write_json
 
         directory = Path(directory)
-        self.transformer.save_pretrained(directory / "transformer")
+        self.transformer.save_pretrained(directory / "transformer", storage=storage)
         self.codec.save_pretrained(directory / "vae")
         self.text_encoder.save_pretrained(directory / "text_encoder")
         atomic_write_json(directory / MODEL_INDEX, {

@@ -292,22 +292,26 @@ class LensTransformer2DModel(nn.Module):
 
     # ---- diffusers-style folders -------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
+    def save_pretrained(self, directory: str | os.PathLike, storage: str = "fp32") -> None:
+        """config.json + safetensors; `storage` fp32, bf16 or int8 (per-row scales; see weight_storage)."""
         from safetensors.torch import save
 
         from lensgen.io import atomic_open, atomic_write_json
+        from lensgen.models.weight_storage import pack_state_dict
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_json(directory / CONFIG_NAME, self.config.to_dict())
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tensors = pack_state_dict(self.state_dict(), storage)
         with atomic_open(directory / WEIGHTS_NAME, "wb") as f:
-            f.write(save(state, metadata={"format": "pt"}))
+            f.write(save(tensors, metadata={"format": "pt", "lensgen_storage": storage}))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device=None, dtype=None) -> LensTransformer2DModel:
         """Load a folder with config.json and safetensors weights (single file or sharded with an index)."""
         from safetensors.torch import load_file
+
+        from lensgen.models.weight_storage import unpack_state_dict
 
         directory = Path(directory)
         config_path = directory / CONFIG_NAME
@@ -329,9 +333,11 @@ class LensTransformer2DModel(nn.Module):
                             f"or {WEIGHTS_INDEX_NAME}")
         with torch.device("meta"):
             model = cls(config)
-        state = {}
+        tensors = {}
         for name in files:
-            state.update(load_file(str(directory / name), device=str(device or "cpu")))
+            tensors.update(load_file(str(directory / name), device=str(device or "cpu")))
+        # float32 unless asked otherwise (bf16 is far slower on CPUs); int8-stored weights are dequantized
+        state = unpack_state_dict(tensors, dtype or torch.float32)
         missing = set(model.state_dict()) - set(state)
         unexpected = set(state) - set(model.state_dict())
         if missing or unexpected:

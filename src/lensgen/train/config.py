@@ -84,6 +84,7 @@ class LogConfig:
 class CheckpointConfig:
     every: int = 500
     keep: int = 2
+    export_storage: str = "fp32"  # weights of the exported pipeline: fp32 | bf16 | int8 (per-row scales)
 
 
 @dataclass
@@ -120,6 +121,8 @@ class TrainConfig:
             (self.system.fsdp in ("auto", True, False), "system.fsdp", "auto, true or false"),
             (self.checkpoint.every > 0, "checkpoint.every", "a positive integer"),
             (self.checkpoint.keep > 0, "checkpoint.keep", "a positive integer"),
+            (self.checkpoint.export_storage in ("fp32", "bf16", "int8"), "checkpoint.export_storage",
+             "fp32, bf16 or int8"),
         ]
         for ok, name, expected in checks:
             if not ok:

@@ -326,7 +326,7 @@ class Trainer:
                                     max_side=2 * max(max(b.height, b.width) for b in self.table))
         pipe = LensPipeline(model, self.codec.cpu(), self.text_encoder.cpu(), defaults,
                             name=f"{self.cfg.model.preset} step {self.step}")
-        pipe.save_pretrained(directory)
+        pipe.save_pretrained(directory, storage=self.cfg.checkpoint.export_storage)
         self.codec.to(self.device)
         self.text_encoder.to(self.device)
         return directory
