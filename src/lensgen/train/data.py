@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from lensgen.data.buckets import BucketTable, resize_and_center_crop
+from lensgen.data.shapes import captions, generate_scene, render
 from lensgen.data.shards import list_shards
 from lensgen.errors import UserError
 
@@ -47,8 +48,6 @@ class ShapesSource:
         return random.Random(f"bucket-{self.seed}-{index}").randrange(len(self.table))
 
     def load(self, index: int) -> tuple[Image.Image, dict]:
-        from lensgen.data.shapes import captions, generate_scene, render
-
         bucket = self.table[self.bucket_of(index)]
         scene = generate_scene((self.seed, index), aspect=bucket.width / bucket.height, split="train")
         return render(scene, bucket.height, bucket.width), captions(scene, (self.seed, index))

@@ -65,18 +65,18 @@ class CachedTextEncoder:
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> TextFeatures:
-        keys = [self.key(p) for p in prompts]
+        key_of = {p: self.key(p) for p in prompts}
+        keys = [key_of[p] for p in prompts]
         found = {k: v for k in dict.fromkeys(keys) if (v := self._lookup(k)) is not None}
-        missing = [p for p, k in dict(zip(prompts, keys, strict=True)).items() if k not in found]
+        missing = [p for p, k in key_of.items() if k not in found]
         self.hits += len(prompts) - sum(1 for k in keys if k not in found)
         self.misses += len(missing)
         if missing:
             fresh = self.encoder.encode(missing)
             for i, prompt in enumerate(missing):
                 valid = int(fresh.mask[i].sum())  # right-padded: the valid tokens come first
-                value = fresh.features[i, :valid].cpu().clone()
-                found[self.key(prompt)] = value
-                self._store(self.key(prompt), value)
+                found[key_of[prompt]] = fresh.features[i, :valid].cpu().clone()
+                self._store(key_of[prompt], found[key_of[prompt]])
         length = max(1, max(found[k].shape[0] for k in keys))
         _, layers, dim = next(iter(found.values())).shape
         features = torch.zeros(len(prompts), length, layers, dim, dtype=self.encoder.dtype)

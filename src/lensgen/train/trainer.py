@@ -153,7 +153,7 @@ class Trainer:
 
     # ---- batches -----------------------------------------------------------------------------
 
-    def _items(self, indices: list[int], rng: random.Random) -> TokenBatch:
+    def _items(self, indices: list[int], rng: random.Random, caption_dropout: float | None = None) -> TokenBatch:
         d = self.cfg.data
         mode = d.caption
         if mode == "mixed" and d.caption_mix == "batch":
@@ -164,7 +164,8 @@ class Trainer:
         for i in indices:
             image, captions = self.source.load(i)
             prompt = pick_caption(captions, mode, d.dense_prob, rng)
-            if rng.random() < self.cfg.optim.caption_dropout:
+            dropout = self.cfg.optim.caption_dropout if caption_dropout is None else caption_dropout
+            if rng.random() < dropout:
                 prompt = ""  # the empty prompt: zero features, all-false mask
             images.append(image)
             prompts.append(prompt)
@@ -181,10 +182,7 @@ class Trainer:
                 indices.append(i)
             if len(indices) == min(8, len(self.table)):
                 break
-        saved = self.cfg.optim.caption_dropout
-        self.cfg.optim.caption_dropout = 0.0
-        batch = self._items(indices, rng)
-        self.cfg.optim.caption_dropout = saved
+        batch = self._items(indices, rng, caption_dropout=0.0)
         return batch, self.text.encode(batch.prompts)
 
     def _loss(self, batch: TokenBatch, text: TextFeatures, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
