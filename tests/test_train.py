@@ -106,3 +106,20 @@ def test_shard_source_caption_mix_per_batch_and_text_cache(tmp_path):
     trainer.run()
     assert trainer.text.misses > 0 and any((tmp_path / "text").rglob("*.safetensors"))
     assert len(losses(tmp_path / "run")) == 2
+
+
+@pytest.mark.slow
+def test_streamed_shards_resume_exactly(tmp_path):
+    """data.source: stream (Lens-scale shard sets): the stream's position rides in the checkpoint."""
+    shards = tmp_path / "shards"
+    assert cli.main(["data", "shapes", "--n", "40", "--out", str(shards), "--shard-size", "10",
+                     "--bases", "32,48,64", "--no-progress"]) == 0
+    stream = ["data.source=stream", f"data.shards={shards}", "data.shuffle_buffer=6", "data.sampler=class"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    Trainer(load_config(write_config(tmp_path / "a.yaml", straight, 4), stream), progress=False).run()
+    Trainer(load_config(write_config(tmp_path / "b.yaml", split, 2), stream), progress=False).run()
+    meta = json.loads((split / "checkpoints" / "step-00000002" / "meta.json").read_text())
+    assert meta["sampler"]["buffer"] and meta["sampler"]["shard_pos"] >= 0
+    Trainer(load_config(write_config(tmp_path / "b.yaml", split, 4), stream), resume=True, progress=False).run()
+    assert losses(split) == pytest.approx(losses(straight), rel=1e-6, abs=1e-7)
+    assert (straight / "final" / "model_index.json").is_file()

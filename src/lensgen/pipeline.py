@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from lensgen.errors import UserError
+from lensgen.flow.prediction import check_prediction, velocity
 from lensgen.flow.sampler import cfg_velocity_fn, euler_sample
 from lensgen.flow.schedule import sampling_sigmas, schedule_mu
 from lensgen.models.text_encoder import TextEncoder, TextFeatures, build_text_encoder
@@ -43,6 +44,8 @@ class PipelineDefaults:
     max_side: int = 1440
     # noise schedule shift: "empirical" (FLUX.2's, for Lens), "train" (the training shift), or a fixed mu
     schedule: str | float = "empirical"
+    # what the transformer outputs: "v" (velocity, Lens) or "x" (clean image; pixel-space Shapes models)
+    prediction: str = "v"
 
     @classmethod
     def from_dict(cls, d: dict) -> PipelineDefaults:
@@ -52,6 +55,10 @@ class PipelineDefaults:
             schedule_mu(defaults.schedule, 256, defaults.steps)
         except ValueError as err:
             raise UserError(f"{MODEL_INDEX}: lensgen.schedule: {err}") from None
+        try:
+            check_prediction(defaults.prediction)
+        except ValueError as err:
+            raise UserError(f"{MODEL_INDEX}: lensgen.prediction: {err}") from None
         return defaults
 
 
@@ -190,7 +197,8 @@ class LensPipeline:
         mask = text.mask.to(self.device)
 
         def model_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            return self.transformer(x, features, sigma, grid, mask).float()
+            out = self.transformer(x, features, sigma, grid, mask).float()
+            return velocity(out, x, sigma, self.defaults.prediction)
 
         velocity_fn = cfg_velocity_fn(model_fn, cfg) if guided else model_fn
         noise = self.initial_noise(seeds, height, width)

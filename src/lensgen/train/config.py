@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from lensgen.errors import UserError
+from lensgen.flow.prediction import PREDICTIONS
 from lensgen.typed_config import from_mapping, read_yaml
 
 
@@ -24,12 +25,16 @@ class ModelConfig:
     text_encoder: dict = field(default_factory=lambda: {"backend": "minilm"})  # blocks 1-4, up to 256 tokens
     codec: dict = field(default_factory=lambda: {"backend": "pixel", "patch_size": 8})
     init_from: str | None = None  # a pipeline folder whose transformer weights start the run
+    prediction: str = "v"  # network output: "v" (velocity, Lens) | "x" (clean image: pixel codecs, JiT)
 
 
 @dataclass
 class DataConfig:
-    source: str = "shapes"  # "shapes": procedural scenes rendered on the fly; "shards": WebDataset tars
-    shards: str | None = None  # folder of .tar shards (source: shards)
+    # "shapes": procedural scenes rendered on the fly; "shards": WebDataset tars indexed in memory;
+    # "stream": WebDataset tars read in order through a shuffle buffer (any size: Lens's 800M images)
+    source: str = "shapes"
+    shards: str | None = None  # folder of .tar shards (source: shards or stream)
+    shuffle_buffer: int = 1000  # samples held for shuffling (source: stream)
     num_items: int = 200_000  # items per epoch for the procedural source
     caption: str = "mixed"  # dense | short | mixed
     dense_prob: float = 0.7  # with caption: mixed, probability of the dense caption
@@ -99,8 +104,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         checks = [
-            (self.data.source in ("shapes", "shards"), "data.source", "'shapes' or 'shards'"),
-            (self.data.source != "shards" or bool(self.data.shards), "data.shards", "a folder when source is shards"),
+            (self.model.prediction in PREDICTIONS, "model.prediction", "'v' (velocity) or 'x' (clean image)"),
+            (self.data.source in ("shapes", "shards", "stream"), "data.source", "'shapes', 'shards' or 'stream'"),
+            (self.data.source == "shapes" or bool(self.data.shards), "data.shards",
+             "a folder when source is shards or stream"),
+            (self.data.shuffle_buffer >= 0, "data.shuffle_buffer", "a count >= 0"),
             (self.data.caption in ("dense", "short", "mixed"), "data.caption", "dense, short or mixed"),
             (0 <= self.data.dense_prob <= 1, "data.dense_prob", "a probability in [0, 1]"),
             (self.data.caption_mix in ("sample", "batch"), "data.caption_mix", "sample or batch"),

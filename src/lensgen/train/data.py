@@ -6,6 +6,7 @@ Two sources share one interface (`__len__`, `bucket_of(i)`, `load(i) -> (image, 
 - `ShardSource`: WebDataset shards (`lensgen data shapes` or curated/captioned shards), indexed in
   memory and decoded on demand; each image goes to the bucket nearest in log aspect ratio and is
   resized and centre-cropped to it.
+Shard sets too large to hold in memory stream instead (`lensgen.train.shard_stream`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from lensgen.data.shapes import captions, generate_scene, render
 from lensgen.data.shards import list_shards
 from lensgen.errors import UserError
 
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+
 
 def pick_caption(captions: dict, mode: str, dense_prob: float, rng: random.Random) -> str:
     """The caption to train on: dense, short, or a seeded mix (the Lens caption ablation's arms)."""
@@ -35,6 +38,26 @@ def pick_caption(captions: dict, mode: str, dense_prob: float, rng: random.Rando
     if not text:
         raise KeyError(f"no {mode} caption in {sorted(captions)}")
     return text
+
+
+def sample_captions(meta: dict, where: str) -> dict[str, str]:
+    """The captions of a shard sample's .json: a `captions` dict, or top-level dense/short/caption fields."""
+    captions = meta.get("captions") or {k: meta[k] for k in ("dense", "short", "caption") if k in meta}
+    if "caption" in captions and "dense" not in captions:
+        captions["dense"] = captions.pop("caption")
+    if not captions:
+        raise UserError(f"{where} has no captions in its .json (expected 'captions', 'dense', 'short' or 'caption')")
+    return captions
+
+
+def first_per_bucket(source, n: int) -> list[int]:
+    """Indices of the first item of each of the first n buckets met: a fixed validation set."""
+    seen: dict[int, int] = {}
+    for i in range(len(source)):
+        seen.setdefault(source.bucket_of(i), i)
+        if len(seen) == n:
+            break
+    return list(seen.values())
 
 
 class ShapesSource:
@@ -51,6 +74,9 @@ class ShapesSource:
         bucket = self.table[self.bucket_of(index)]
         scene = generate_scene((self.seed, index), aspect=bucket.width / bucket.height, split="train")
         return render(scene, bucket.height, bucket.width), captions(scene, (self.seed, index))
+
+    def validation_items(self, n: int) -> list[int]:
+        return first_per_bucket(self, n)
 
 
 class ShardSource:
@@ -70,15 +96,10 @@ class ShardSource:
                         key, _, ext = m.name.partition(".")
                         members.setdefault(key, {})[ext] = tar.extractfile(m).read()
             for key, parts in members.items():
-                image = next((parts[e] for e in ("png", "jpg", "jpeg", "webp") if e in parts), None)
+                image = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
                 if image is None or "json" not in parts:
                     raise UserError(f"{shard}: sample {key} lacks an image or its .json metadata")
-                meta = json.loads(parts["json"])
-                captions = meta.get("captions") or {k: meta[k] for k in ("dense", "short", "caption") if k in meta}
-                if "caption" in captions and "dense" not in captions:
-                    captions["dense"] = captions.pop("caption")
-                if not captions:
-                    raise UserError(f"{shard}: sample {key} has no captions in its .json")
+                captions = sample_captions(json.loads(parts["json"]), f"{shard}: sample {key}")
                 with Image.open(io.BytesIO(image)) as im:
                     w, h = im.size
                 self.items.append((image, captions, table.nearest(h, w).index))
@@ -94,6 +115,9 @@ class ShardSource:
         image = Image.open(io.BytesIO(data)).convert("RGB")
         b = self.table[bucket]
         return resize_and_center_crop(image, (b.height, b.width)), captions
+
+    def validation_items(self, n: int) -> list[int]:
+        return first_per_bucket(self, n)
 
 
 @dataclass

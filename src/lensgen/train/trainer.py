@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from lensgen.data.bucket_sampler import MixedResolutionSampler
 from lensgen.data.buckets import BucketTable
+from lensgen.flow.prediction import velocity
 from lensgen.io import atomic_write_json, atomic_write_text
 from lensgen.models.text_encoder import TextFeatures, build_text_encoder
 from lensgen.models.transformer import LensTransformer2DModel, LensTransformerConfig, preset
@@ -37,6 +38,7 @@ from lensgen.train.parallel import (
     full_tensor,
     init_distributed,
 )
+from lensgen.train.shard_stream import ShardStream
 from lensgen.train.text_cache import CachedTextEncoder
 
 VAL_SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -113,15 +115,22 @@ class Trainer:
 
         # data
         self.table = BucketTable(bases=tuple(config.data.bases), multiple=config.data.multiple)
-        if config.data.source == "shapes":
-            self.source = ShapesSource(self.table, config.data.num_items, seed=o.seed)
+        if config.data.source == "stream":
+            # too many samples to index: the stream reads shards in order and batches them itself
+            self.source = self.sampler = ShardStream(
+                config.data.shards, self.table, o.batch_size, self.codec.spatial_factor, seed=o.seed,
+                rank=self.info.rank, world_size=self.info.world_size, mode=config.data.sampler,
+                shuffle_buffer=config.data.shuffle_buffer)
         else:
-            self.source = ShardSource(config.data.shards, self.table)
-        bucket_tokens = [b.tokens(self.codec.spatial_factor) for b in self.table]
-        self.sampler = MixedResolutionSampler(
-            [self.source.bucket_of(i) for i in range(len(self.source))], bucket_tokens, o.batch_size,
-            seed=o.seed, rank=self.info.rank, world_size=self.info.world_size, mode=config.data.sampler,
-            bucket_class=[b.index // self.table.num_ratios for b in self.table])
+            if config.data.source == "shapes":
+                self.source = ShapesSource(self.table, config.data.num_items, seed=o.seed)
+            else:
+                self.source = ShardSource(config.data.shards, self.table)
+            bucket_tokens = [b.tokens(self.codec.spatial_factor) for b in self.table]
+            self.sampler = MixedResolutionSampler(
+                [self.source.bucket_of(i) for i in range(len(self.source))], bucket_tokens, o.batch_size,
+                seed=o.seed, rank=self.info.rank, world_size=self.info.world_size, mode=config.data.sampler,
+                bucket_class=[b.index // self.table.num_ratios for b in self.table])
         self.batches = iter(self.sampler)
         self.step = 0
         self.ckpt_root = self.out / "checkpoints"
@@ -153,7 +162,7 @@ class Trainer:
 
     # ---- batches -----------------------------------------------------------------------------
 
-    def _items(self, indices: list[int], rng: random.Random, caption_dropout: float | None = None) -> TokenBatch:
+    def _items(self, indices: list, rng: random.Random, caption_dropout: float | None = None) -> TokenBatch:
         d = self.cfg.data
         mode = d.caption
         if mode == "mixed" and d.caption_mix == "batch":
@@ -174,14 +183,7 @@ class Trainer:
     def _validation_batch(self) -> tuple[TokenBatch, TextFeatures]:
         """A fixed batch (one item per bucket, up to 8) for loss-at-fixed-sigma curves."""
         rng = random.Random(12345)
-        seen, indices = set(), []
-        for i in range(len(self.source)):
-            b = self.source.bucket_of(i)
-            if b not in seen:
-                seen.add(b)
-                indices.append(i)
-            if len(indices) == min(8, len(self.table)):
-                break
+        indices = self.source.validation_items(min(8, len(self.table)))
         batch = self._items(indices, rng, caption_dropout=0.0)
         return batch, self.text.encode(batch.prompts)
 
@@ -189,8 +191,9 @@ class Trainer:
         x0 = batch.tokens.to(self.device)
         x_t, target = noisy_input(x0, noise.to(self.device), sigma.to(self.device))
         with self.autocast:
-            pred = self.model(x_t, text.features.to(self.device), sigma.to(self.device), batch.sizes,
-                              text.mask.to(self.device))
+            out = self.model(x_t, text.features.to(self.device), sigma.to(self.device), batch.sizes,
+                             text.mask.to(self.device))
+        pred = velocity(out.float(), x_t.float(), sigma.to(self.device), self.cfg.model.prediction)
         mask = batch.token_mask.to(self.device) if batch.token_mask is not None else None
         return masked_mse(pred, target, mask)
 
@@ -321,7 +324,7 @@ class Trainer:
             return None
         mid = self.cfg.data.bases[len(self.cfg.data.bases) // 2]
         defaults = PipelineDefaults(height=mid, width=mid, steps=20, cfg=5.0, schedule=self.sampling_schedule(),
-                                    max_side=2 * max(max(b.height, b.width) for b in self.table))
+                                    prediction=self.cfg.model.prediction, max_side=2 * max(max(b.height, b.width) for b in self.table))
         pipe = LensPipeline(model, self.codec.cpu(), self.text_encoder.cpu(), defaults,
                             name=f"{self.cfg.model.preset} step {self.step}")
         pipe.save_pretrained(directory, storage=self.cfg.checkpoint.export_storage)
@@ -338,6 +341,7 @@ class Trainer:
         mid = self.cfg.data.bases[len(self.cfg.data.bases) // 2]
         pipe = LensPipeline(model.to(self.device), self.codec, self.text_encoder,
                             PipelineDefaults(height=mid, width=mid, steps=20, cfg=5.0, max_side=4096,
-                                             schedule=self.sampling_schedule()))
+                                             schedule=self.sampling_schedule(),
+                                             prediction=self.cfg.model.prediction))
         images = pipe(self.cfg.log.val_prompts, seed=list(range(len(self.cfg.log.val_prompts))), output_type="pt")
         self.writer.add_images("val_images", (images + 1) / 2, self.step)
