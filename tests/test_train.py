@@ -109,17 +109,21 @@ def test_shard_source_caption_mix_per_batch_and_text_cache(tmp_path):
 
 
 @pytest.mark.slow
-def test_streamed_shards_resume_exactly(tmp_path):
-    """data.source: stream (Lens-scale shard sets): the stream's position rides in the checkpoint."""
+def test_streamed_shards_resume_exactly_with_prefetch(tmp_path):
+    """data.source: stream (Lens-scale shard sets): the stream's position rides in the checkpoint, and
+    the checkpoint holds the position of the last batch trained on, not of the one prefetched."""
     shards = tmp_path / "shards"
     assert cli.main(["data", "shapes", "--n", "40", "--out", str(shards), "--shard-size", "10",
                      "--bases", "32,48,64", "--no-progress"]) == 0
     stream = ["data.source=stream", f"data.shards={shards}", "data.shuffle_buffer=6", "data.sampler=class"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     Trainer(load_config(write_config(tmp_path / "a.yaml", straight, 4), stream), progress=False).run()
-    Trainer(load_config(write_config(tmp_path / "b.yaml", split, 2), stream), progress=False).run()
+    # the split run prepares batches in a background thread: the data, so the losses, must not change
+    prefetched = [*stream, "system.prefetch=true"]
+    Trainer(load_config(write_config(tmp_path / "b.yaml", split, 2), prefetched), progress=False).run()
     meta = json.loads((split / "checkpoints" / "step-00000002" / "meta.json").read_text())
     assert meta["sampler"]["buffer"] and meta["sampler"]["shard_pos"] >= 0
-    Trainer(load_config(write_config(tmp_path / "b.yaml", split, 4), stream), resume=True, progress=False).run()
+    Trainer(load_config(write_config(tmp_path / "b.yaml", split, 4), prefetched), resume=True,
+            progress=False).run()
     assert losses(split) == pytest.approx(losses(straight), rel=1e-6, abs=1e-7)
     assert (straight / "final" / "model_index.json").is_file()

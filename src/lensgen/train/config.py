@@ -73,6 +73,7 @@ class SystemConfig:
     compile: bool = False  # torch.compile per block
     fsdp: bool | str = "auto"  # auto (when launched with torchrun and world > 1) | true | false
     threads: int | None = None  # CPU threads per process
+    prefetch: bool | str = "auto"  # prepare the next batch in a background thread: auto (on CUDA) | true | false
 
 
 @dataclass
@@ -127,6 +128,7 @@ class TrainConfig:
             (self.system.device in ("auto", "cpu", "cuda"), "system.device", "auto, cpu or cuda"),
             (self.system.precision in ("auto", "fp32", "bf16"), "system.precision", "auto, fp32 or bf16"),
             (self.system.fsdp in ("auto", True, False), "system.fsdp", "auto, true or false"),
+            (self.system.prefetch in ("auto", True, False), "system.prefetch", "auto, true or false"),
             (self.checkpoint.every > 0, "checkpoint.every", "a positive integer"),
             (self.checkpoint.keep > 0, "checkpoint.keep", "a positive integer"),
             (self.checkpoint.export_storage in ("fp32", "bf16", "int8"), "checkpoint.export_storage",

@@ -11,7 +11,7 @@ import math
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -38,10 +38,19 @@ from lensgen.train.parallel import (
     full_tensor,
     init_distributed,
 )
+from lensgen.train.prefetch import Prefetcher
 from lensgen.train.shard_stream import ShardStream
 from lensgen.train.text_cache import CachedTextEncoder
 
 VAL_SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+@dataclass
+class PreparedBatch:
+    batch: TokenBatch
+    text: TextFeatures
+    indices: list
+    sampler_state: dict
 
 
 def lr_at(step: int, cfg) -> float:
@@ -144,6 +153,9 @@ class Trainer:
                 if self.info.is_main:
                     print(f"resumed from {latest} at step {self.step}")
                     self._truncate_metrics()
+        self.sampler_state = self.sampler.state_dict()  # as of the last batch trained on
+        prefetch = config.system.prefetch is True or (config.system.prefetch == "auto" and cuda)
+        self.prefetcher = Prefetcher(self._prepare, self._next_key, enabled=prefetch)
         self.val_batch = self._validation_batch() if config.log.val_every else None
         self.writer = None
         if self.info.is_main and config.log.tensorboard:
@@ -197,6 +209,19 @@ class Trainer:
         mask = batch.token_mask.to(self.device) if batch.token_mask is not None else None
         return masked_mse(pred, target, mask)
 
+    def _prepare(self, key: tuple[int, int]) -> PreparedBatch:
+        """Draw, load and text-encode the batch of (step, micro-step); may run in the prefetch thread."""
+        step, micro = key
+        indices = next(self.batches)
+        sampler_state = self.sampler.state_dict()  # right after this batch: what a checkpoint must hold
+        rng = random.Random(f"step-{(self.cfg.optim.seed, step, self.info.rank, micro)}")
+        batch = self._items(indices, rng)
+        return PreparedBatch(batch, self.text.encode(batch.prompts), indices, sampler_state)
+
+    def _next_key(self, key: tuple[int, int]) -> tuple[int, int]:
+        step, micro = key
+        return (step, micro + 1) if micro + 1 < self.cfg.optim.grad_accum else (step + 1, 0)
+
     # ---- the loop ----------------------------------------------------------------------------
 
     def train_step(self) -> dict:
@@ -206,12 +231,11 @@ class Trainer:
         total, images, waste = 0.0, 0, []
         for micro in range(o.grad_accum):
             key = (o.seed, self.step, self.info.rank, micro)
-            rng = random.Random(f"step-{key}")
             gen = torch.Generator().manual_seed(hash(key) & 0x7FFF_FFFF_FFFF)
-            indices = next(self.batches)
+            prepared = self.prefetcher.get((self.step, micro))
+            batch, text, indices = prepared.batch, prepared.text, prepared.indices
+            self.sampler_state = prepared.sampler_state
             waste.append(self.sampler.padding_waste(indices))
-            batch = self._items(indices, rng)
-            text = self.text.encode(batch.prompts)
             tokens_per_sample = torch.tensor([h * w for h, w in batch.sizes])
             sigma = self.sigmas.sample(tokens_per_sample, gen)
             noise = torch.randn(batch.tokens.shape, generator=gen)
@@ -274,6 +298,7 @@ class Trainer:
             if self.step % cfg.checkpoint.every == 0 or self.step == o.steps:
                 self.save()
         bar.close()
+        self.prefetcher.shutdown()
         self.write_rank_report()
         export_dir = self.export(self.out / "final")
         elapsed = time.perf_counter() - start
@@ -296,7 +321,7 @@ class Trainer:
                            "param_sq_sum": checksum, "ema_sq_sum": ema})
 
     def save(self) -> None:
-        meta = {"sampler": self.sampler.state_dict(), "config": config_to_dict(self.cfg)}
+        meta = {"sampler": self.sampler_state, "config": config_to_dict(self.cfg)}
         ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, self.ema, meta, {},
                              self.info, keep=self.cfg.checkpoint.keep)
 
