@@ -1,8 +1,9 @@
 """Checkpoints that lose nothing: model, EMA, optimizer (sharded, via torch.distributed.checkpoint),
 plus step, sampler position and every RNG state, written atomically.
 
-Layout: OUT/checkpoints/step-00000100/ holds the DCP shards, `meta.json` (step, sampler state, config)
-and `rng-rank{r}.pt`. Each is first written to `step-00000100.tmp/` and renamed by rank 0 once all ranks
+Layout: OUT/checkpoints/step-00000100/ holds the DCP shards, `meta.json` (step, rank 0's sampler state,
+config), `rank{r}.json` (each rank's own sampler state: a streamed rank reads its own shards) and
+`rng-rank{r}.pt`. Each is first written to `step-00000100.tmp/` and renamed by rank 0 once all ranks
 are done, then `latest` (a one-line file) is replaced atomically: a crash mid-save leaves the previous
 checkpoint intact and `latest` pointing at it.
 """
@@ -50,7 +51,8 @@ def _app_state(model, optimizer, ema) -> dict[str, Any]:
 
 
 def save_checkpoint(root: Path, step: int, model, optimizer, ema, meta: dict, generators: dict,
-                    info: DistInfo, keep: int = 2) -> Path:
+                    info: DistInfo, keep: int = 2, rank_meta: dict | None = None) -> Path:
+    """`meta` is written once (by rank 0); `rank_meta` by every rank, and wins over `meta` at load."""
     root = Path(root)
     final = root / f"step-{step:08d}"
     tmp = root / f"step-{step:08d}.tmp"
@@ -60,6 +62,8 @@ def save_checkpoint(root: Path, step: int, model, optimizer, ema, meta: dict, ge
     barrier(info)
     dcp.save(_app_state(model, optimizer, ema), checkpoint_id=str(tmp))
     torch.save(rng_state(generators), tmp / f"rng-rank{info.rank}.pt")
+    if rank_meta is not None:
+        atomic_write_json(tmp / f"rank{info.rank}.json", rank_meta)
     barrier(info)
     if info.is_main:
         atomic_write_json(tmp / "meta.json", {"step": step, **meta})
@@ -81,7 +85,7 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model, optimizer, ema, generators: dict, info: DistInfo) -> dict:
-    """Restore everything in place; returns meta (step, sampler state, ...)."""
+    """Restore everything in place; returns meta (step, this rank's sampler state, ...)."""
     state = _app_state(model, optimizer, ema)
     dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
@@ -89,4 +93,8 @@ def load_checkpoint(path: Path, model, optimizer, ema, generators: dict, info: D
     rng_file = Path(path) / f"rng-rank{info.rank}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False), generators)
-    return json.loads((Path(path) / "meta.json").read_text())
+    meta = json.loads((Path(path) / "meta.json").read_text())
+    rank_file = Path(path) / f"rank{info.rank}.json"
+    if rank_file.is_file():
+        meta.update(json.loads(rank_file.read_text()))
+    return meta

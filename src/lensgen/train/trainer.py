@@ -323,7 +323,7 @@ class Trainer:
     def save(self) -> None:
         meta = {"sampler": self.sampler_state, "config": config_to_dict(self.cfg)}
         ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, self.ema, meta, {},
-                             self.info, keep=self.cfg.checkpoint.keep)
+                             self.info, keep=self.cfg.checkpoint.keep, rank_meta={"sampler": self.sampler_state})
 
     def ema_model(self) -> LensTransformer2DModel | None:
         """An unsharded copy of the model holding the EMA weights (on rank 0; a collective under FSDP)."""
