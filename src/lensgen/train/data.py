@@ -1,6 +1,7 @@
 """Training data: items with a bucket, loaded at their bucket size, collated into padded token batches.
 
-Two sources share one interface (`__len__`, `bucket_of(i)`, `load(i) -> (image, captions)`):
+Two sources share one interface (`__len__`, `bucket_of(i)`, `load(i) -> (image, captions)`,
+`validation_items(n)`):
 - `ShapesSource`: the procedural Shapes world rendered on the fly (endless, exact captions); item i is
   the scene of seed (seed, i), drawn at a bucket picked from i, so every rank sees distinct items.
 - `ShardSource`: WebDataset shards (`lensgen data shapes` or curated/captioned shards), indexed in
