@@ -11,6 +11,7 @@ predict; the clean image lies on a low-dimensional manifold the network can reac
 best, so it weighs x0 errors by 1/sigma^2; sigma is clamped at `MIN_SIGMA` in the division so the
 weight stays finite near clean data. Guidance combines velocities either way: u + g (c - u) on v
 equals the same mix of x0 predictions, because v is affine in x0_hat for a fixed x_t.
+The shipped Shapes model predicts v: switching a v-trained one to x lost ground (its model card).
 """
 
 from __future__ import annotations
