@@ -91,6 +91,9 @@ class MixedResolutionSampler:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
     def padding_waste(self, batch: Sequence[int]) -> float:
-        """Fraction of the padded image-token slots of a batch that are padding."""
-        tokens = [self.bucket_tokens[int(self.buckets[i])] for i in batch]
-        return 1.0 - sum(tokens) / (len(tokens) * max(tokens))
+        return padding_waste([self.bucket_tokens[int(self.buckets[i])] for i in batch])
+
+
+def padding_waste(tokens: Sequence[int]) -> float:
+    """Fraction of a batch's padded image-token slots that are padding, given each sample's token count."""
+    return 1.0 - sum(tokens) / (len(tokens) * max(tokens))

@@ -51,6 +51,24 @@ def sample_captions(meta: dict, where: str) -> dict[str, str]:
     return captions
 
 
+def sample_image(parts: dict[str, bytes], where: str) -> bytes:
+    """The image bytes of a shard sample's members (which must also hold its .json)."""
+    image = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
+    if image is None or "json" not in parts:
+        raise UserError(f"{where} lacks an image ({'/'.join(IMAGE_EXTENSIONS)}) or its .json")
+    return image
+
+
+def image_bucket(image: bytes, table: BucketTable, where: str) -> int:
+    """The bucket nearest the image's aspect ratio and size, read from its header only."""
+    try:
+        with Image.open(io.BytesIO(image)) as im:
+            w, h = im.size
+    except OSError as err:
+        raise UserError(f"{where}: unreadable image ({err})") from None
+    return table.nearest(h, w).index
+
+
 def first_per_bucket(source, n: int) -> list[int]:
     """Indices of the first item of each of the first n buckets met: a fixed validation set."""
     seen: dict[int, int] = {}
@@ -97,13 +115,10 @@ class ShardSource:
                         key, _, ext = m.name.partition(".")
                         members.setdefault(key, {})[ext] = tar.extractfile(m).read()
             for key, parts in members.items():
-                image = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
-                if image is None or "json" not in parts:
-                    raise UserError(f"{shard}: sample {key} lacks an image or its .json metadata")
-                captions = sample_captions(json.loads(parts["json"]), f"{shard}: sample {key}")
-                with Image.open(io.BytesIO(image)) as im:
-                    w, h = im.size
-                self.items.append((image, captions, table.nearest(h, w).index))
+                where = f"{shard}: sample {key}"
+                image = sample_image(parts, where)
+                captions = sample_captions(json.loads(parts["json"]), where)
+                self.items.append((image, captions, image_bucket(image, table, where)))
 
     def __len__(self) -> int:
         return len(self.items)

@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from lensgen.data.bucket_sampler import MODES
+from lensgen.data.bucket_sampler import MODES, padding_waste
 from lensgen.data.buckets import BucketTable, resize_and_center_crop
 from lensgen.data.shards import list_shards
 from lensgen.errors import UserError
-from lensgen.train.data import IMAGE_EXTENSIONS, sample_captions
+from lensgen.train.data import image_bucket, sample_captions, sample_image
 
 Member = tuple[str, int, int]  # extension, byte offset of the data in the tar, size
 
@@ -121,15 +121,8 @@ class ShardStream:
             yield finish(path.stat().st_size)
 
     def _bucket(self, path: Path, key: str, parts: dict[str, bytes]) -> int:
-        ext = next((e for e in IMAGE_EXTENSIONS if e in parts), None)
-        if ext is None or "json" not in parts:
-            raise UserError(f"{path}: sample {key} lacks an image ({'/'.join(IMAGE_EXTENSIONS)}) or its .json")
-        try:
-            with Image.open(io.BytesIO(parts[ext])) as im:
-                w, h = im.size
-        except OSError as err:
-            raise UserError(f"{path}: sample {key}: unreadable {ext} image ({err})") from None
-        return self.table.nearest(h, w).index
+        where = f"{path}: sample {key}"
+        return image_bucket(sample_image(parts, where), self.table, where)
 
     def _samples(self) -> Iterator[tuple[SampleRef, dict[str, bytes]]]:
         """Endless samples from the saved read position, keeping that position up to date."""
@@ -159,18 +152,18 @@ class ShardStream:
             i = self.rng.randrange(len(self.buffer))
             self.buffer[i], self.buffer[-1] = self.buffer[-1], self.buffer[i]
             ref = self.buffer.pop()
-            queue = self.queues.setdefault(self._group(ref.bucket), [])
+            group = self._group(ref.bucket)
+            queue = self.queues.setdefault(group, [])
             queue.append(ref)
             if len(queue) == self.batch_size:
-                del self.queues[self._group(ref.bucket)]
+                del self.queues[group]
                 yield queue
 
     def load(self, ref: SampleRef) -> tuple[Image.Image, dict]:
         parts = self._payload.pop(ref, None) or self._read_ref(ref)
-        path = self.shards[ref.shard]
-        ext = next(e for e in IMAGE_EXTENSIONS if e in parts)
-        captions = sample_captions(json.loads(parts["json"]), f"{path}: sample {ref.key}")
-        image = Image.open(io.BytesIO(parts[ext])).convert("RGB")
+        where = f"{self.shards[ref.shard]}: sample {ref.key}"
+        captions = sample_captions(json.loads(parts["json"]), where)
+        image = Image.open(io.BytesIO(sample_image(parts, where))).convert("RGB")
         b = self.table[ref.bucket]
         return resize_and_center_crop(image, (b.height, b.width)), captions
 
@@ -186,8 +179,7 @@ class ShardStream:
         return ref.bucket
 
     def padding_waste(self, batch: Sequence[SampleRef]) -> float:
-        tokens = [self.bucket_tokens[r.bucket] for r in batch]
-        return 1.0 - sum(tokens) / (len(tokens) * max(tokens))
+        return padding_waste([self.bucket_tokens[r.bucket] for r in batch])
 
     def validation_items(self, n: int) -> list[SampleRef]:
         """The first sample of each of the first n buckets met in shard order (fixed, whatever the state)."""

@@ -214,9 +214,13 @@ class Trainer:
         step, micro = key
         indices = next(self.batches)
         sampler_state = self.sampler.state_dict()  # right after this batch: what a checkpoint must hold
-        rng = random.Random(f"step-{(self.cfg.optim.seed, step, self.info.rank, micro)}")
+        rng = random.Random(f"step-{self._draw_key(step, micro)}")
         batch = self._items(indices, rng)
         return PreparedBatch(batch, self.text.encode(batch.prompts), indices, sampler_state)
+
+    def _draw_key(self, step: int, micro: int) -> tuple[int, int, int, int]:
+        """What every random draw of a micro-step is seeded from (captions and dropout; sigma and noise)."""
+        return (self.cfg.optim.seed, step, self.info.rank, micro)
 
     def _next_key(self, key: tuple[int, int]) -> tuple[int, int]:
         step, micro = key
@@ -230,8 +234,7 @@ class Trainer:
             group["lr"] = lr_at(self.step, o)
         total, images, waste = 0.0, 0, []
         for micro in range(o.grad_accum):
-            key = (o.seed, self.step, self.info.rank, micro)
-            gen = torch.Generator().manual_seed(hash(key) & 0x7FFF_FFFF_FFFF)
+            gen = torch.Generator().manual_seed(hash(self._draw_key(self.step, micro)) & 0x7FFF_FFFF_FFFF)
             prepared = self.prefetcher.get((self.step, micro))
             batch, text, indices = prepared.batch, prepared.text, prepared.indices
             self.sampler_state = prepared.sampler_state
@@ -340,17 +343,23 @@ class Trainer:
         shift = self.cfg.optim.sigma_shift
         return "train" if shift == "flux2" else 0.0 if shift == "none" else float(shift)
 
+    def pipeline_defaults(self):
+        """Sampler settings of this run's model: the middle size class, 20 steps, CFG 5, its shift and output."""
+        from lensgen.pipeline import PipelineDefaults
+
+        mid = self.cfg.data.bases[len(self.cfg.data.bases) // 2]
+        return PipelineDefaults(height=mid, width=mid, steps=20, cfg=5.0, schedule=self.sampling_schedule(),
+                                prediction=self.cfg.model.prediction,
+                                max_side=2 * max(max(b.height, b.width) for b in self.table))
+
     def export(self, directory: Path) -> Path | None:
         """The EMA weights as a `LensPipeline` folder that `lensgen generate --model` loads."""
-        from lensgen.pipeline import LensPipeline, PipelineDefaults
+        from lensgen.pipeline import LensPipeline
 
         model = self.ema_model()
         if model is None:
             return None
-        mid = self.cfg.data.bases[len(self.cfg.data.bases) // 2]
-        defaults = PipelineDefaults(height=mid, width=mid, steps=20, cfg=5.0, schedule=self.sampling_schedule(),
-                                    prediction=self.cfg.model.prediction, max_side=2 * max(max(b.height, b.width) for b in self.table))
-        pipe = LensPipeline(model, self.codec.cpu(), self.text_encoder.cpu(), defaults,
+        pipe = LensPipeline(model, self.codec.cpu(), self.text_encoder.cpu(), self.pipeline_defaults(),
                             name=f"{self.cfg.model.preset} step {self.step}")
         pipe.save_pretrained(directory, storage=self.cfg.checkpoint.export_storage)
         self.codec.to(self.device)
@@ -361,12 +370,8 @@ class Trainer:
         model = self.ema_model()
         if model is None or self.writer is None:
             return
-        from lensgen.pipeline import LensPipeline, PipelineDefaults
+        from lensgen.pipeline import LensPipeline
 
-        mid = self.cfg.data.bases[len(self.cfg.data.bases) // 2]
-        pipe = LensPipeline(model.to(self.device), self.codec, self.text_encoder,
-                            PipelineDefaults(height=mid, width=mid, steps=20, cfg=5.0, max_side=4096,
-                                             schedule=self.sampling_schedule(),
-                                             prediction=self.cfg.model.prediction))
+        pipe = LensPipeline(model.to(self.device), self.codec, self.text_encoder, self.pipeline_defaults())
         images = pipe(self.cfg.log.val_prompts, seed=list(range(len(self.cfg.log.val_prompts))), output_type="pt")
         self.writer.add_images("val_images", (images + 1) / 2, self.step)
