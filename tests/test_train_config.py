@@ -51,3 +51,25 @@ def test_overrides_fill_empty_sections_and_refuse_non_sections(tmp_path):
     assert load_config(path, ["optim.steps=3", "system.threads=1"]).optim.steps == 3
     with pytest.raises(UserError, match="out_dir"):
         load_config(path, ["out_dir.x=1"])
+
+
+def test_shipped_config_describes_the_shipped_model(monkeypatch):
+    """configs/shapes-tiny.yaml builds the shipped model's transformer shape and loads its very codec."""
+    import json
+    from dataclasses import asdict
+
+    import torch
+
+    from lensgen.models.vae import build_codec, load_codec
+    from lensgen.pipeline import DEFAULT_MODEL_DIR
+    from lensgen.train.trainer import transformer_config
+
+    monkeypatch.chdir(CONFIGS.parent)  # the codec path is relative to the repository root
+    cfg = load_config(CONFIGS / "shapes-tiny.yaml")
+    shipped = json.loads((DEFAULT_MODEL_DIR / "transformer" / "config.json").read_text())
+    built = asdict(transformer_config(cfg))
+    assert {k: shipped[k] for k in built} == {k: list(v) if isinstance(v, tuple) else v for k, v in built.items()}
+    codec, shipped_codec = build_codec(cfg.model.codec), load_codec(DEFAULT_MODEL_DIR / "vae")
+    assert (codec.spatial_factor, codec.token_channels) == (shipped_codec.spatial_factor, shipped_codec.token_channels)
+    for a, b in zip(codec.state_dict().values(), shipped_codec.state_dict().values()):
+        assert torch.equal(a, b)

@@ -4,7 +4,7 @@ A pipeline folder (diffusers-style):
 
     model_index.json     component list, plus a "lensgen" block: default size, steps, CFG, size limits
     transformer/         config.json + diffusion_pytorch_model.safetensors
-    vae/                 the latent codec (FLUX.2 VAE folder, or the Shapes pixel codec's config)
+    vae/                 the latent codec (a FLUX.2-class VAE folder, or a pixel codec's config)
     text_encoder/        the frozen text encoder's config (and weights location)
 """
 

@@ -149,6 +149,22 @@ def ground_truth_generator(specs: list[PromptSpec], height: int, width: int) -> 
     return generate
 
 
+def codec_round_trip(generate: Generate, codec) -> Generate:
+    """`generate`'s images encoded and decoded by a latent codec: the ceiling a model in that codec's
+    latent space can reach (its reconstruction loss is charged to the score)."""
+    import torch
+
+    from lensgen.pipeline import to_pil
+    from lensgen.train.data import image_to_tensor
+
+    def round_trip(prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+        images = torch.stack([image_to_tensor(im) for im in generate(prompts, seeds)])
+        with torch.no_grad():
+            return to_pil(codec.decode(codec.encode(images)))
+
+    return round_trip
+
+
 def noise_generator(height: int, width: int) -> Generate:
     """Uniform RGB noise per (prompt, seed): the floor."""
 

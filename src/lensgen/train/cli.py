@@ -21,6 +21,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_vae(args: argparse.Namespace) -> int:
+    from lensgen.train.shapes_vae import config_from_args, run
+
+    summary = run(config_from_args(args), resume=args.resume, progress=not args.quiet)
+    rec = summary["reconstruction"]
+    print(f"trained {summary['steps']} steps ({summary['images_per_s']:.1f} images/s); reconstruction of "
+          f"{rec['images']} scenes: PSNR {rec['psnr_db']:.1f} dB, judge agreement {rec['judge_agreement']:.3f}; "
+          f"codec folder: {summary['final']}")
+    return 0
+
+
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p = groups[""].add_parser(
         "train", help="pretrain with mixed-resolution flow matching (CPU, GPU, or torchrun + FSDP2)",
@@ -38,3 +49,21 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest if present")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    v = groups[""].add_parser(
+        "train-vae", help="train the Shapes VAE (a small AutoencoderKLFlux2) that Shapes models can denoise in",
+        description="Train a small FLUX.2-class VAE (diffusers' AutoencoderKLFlux2: 4x down, 4 latent channels, "
+                    "2x2 patches = 8 px per 16-value token) on Shapes scenes rendered on the fly at the bucket "
+                    "sizes. Writes OUT/metrics.jsonl, OUT/checkpoint.pt (resumable with --resume), OUT/final (a "
+                    "codec folder: use it as `model.codec: {backend: flux2-vae, path: OUT/final}`) and "
+                    "OUT/summary.json with the reconstruction report (PSNR, judge agreement).",
+    )
+    v.add_argument("--out-dir", help="output folder (default runs/shapes-vae)")
+    v.add_argument("--steps", type=int, help="training steps (default 1600)")
+    v.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a setting, e.g. --set lr=2e-3 --set batch_size=16 (repeatable); fields: steps, "
+                        "batch_size, lr, warmup_steps, min_lr_ratio, kl_weight, bases, multiple, seed, "
+                        "checkpoint_every, stats_images, eval_images, threads")
+    v.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
+    v.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    v.set_defaults(func=cmd_train_vae)

@@ -34,6 +34,9 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     src.add_argument("--model", metavar="DIR", help="a LensPipeline folder (save_pretrained layout)")
     src.add_argument("--ground-truth", action="store_true", help="render each prompt's scene (ceiling)")
     src.add_argument("--noise", action="store_true", help="pure noise images (floor)")
+    e.add_argument("--codec", metavar="DIR", default=None,
+                   help="with --ground-truth: pass each image through this latent codec folder (encode, decode), "
+                        "the ceiling of a model in that latent space (e.g. a `lensgen train-vae` output)")
     e.add_argument("--tasks", default=None, help="comma-separated tasks (default: all seven)")
     e.add_argument("--n-per-prompt", type=int, default=4, help="images per prompt (default 4, as GenEval)")
     e.add_argument("--size", default=None, help="WxH (default: the model's default size; 64x64 otherwise)")
@@ -88,6 +91,8 @@ def _eval_shapes(args) -> int:
         raise UserError("--n-per-prompt, --batch-size and --limit must be positive")
     specs = load_prompts(tasks, limit=args.limit)
     size = parse_size(args.size) if args.size else None
+    if args.codec and not args.ground_truth:
+        raise UserError("--codec goes with --ground-truth (a model folder brings its own codec)")
     if args.model:
         from lensgen.pipeline import LensPipeline
 
@@ -98,6 +103,13 @@ def _eval_shapes(args) -> int:
         h, w = validate_size(*(size or (64, 64)), multiple=8)
         if args.ground_truth:
             generate, source = se.ground_truth_generator(specs, h, w), "ground truth (ceiling)"
+            if args.codec:
+                from lensgen.models.vae import load_codec
+
+                codec = load_codec(args.codec)
+                h, w = validate_size(h, w, multiple=codec.spatial_factor)
+                generate = se.codec_round_trip(generate, codec)
+                source = f"ground truth through the codec {args.codec} (ceiling in its latent space)"
         else:
             generate, source = se.noise_generator(h, w), "noise (floor)"
     result = se.evaluate(generate, n_per_prompt=args.n_per_prompt, batch_size=args.batch_size, seed=args.seed,

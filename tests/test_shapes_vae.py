@@ -1,0 +1,106 @@
+"""The Shapes VAE trainer (`lensgen train-vae`): a flux2-vae codec folder, exact latent statistics, exact resume."""
+
+import json
+
+import pytest
+import torch
+
+from lensgen.cli import main
+from lensgen.data.buckets import BucketTable
+from lensgen.errors import UserError
+from lensgen.eval import shapes as se
+from lensgen.models.vae import Flux2VAECodec, PixelCodec, load_codec, patchify
+from lensgen.train.shapes_vae import VAETrainConfig, VAETrainer, run, scene_batch
+
+TINY_VAE = {"down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
+            "block_out_channels": [8, 16, 16], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 8,
+            "sample_size": 32, "mid_block_add_attention": False, "patch_size": [2, 2]}
+
+
+def tiny(out, **kw) -> VAETrainConfig:
+    base = dict(out_dir=str(out), steps=4, batch_size=3, lr=3e-3, warmup_steps=1, bases=[32], multiple=8,
+                checkpoint_every=2, stats_images=9, eval_images=4, vae=dict(TINY_VAE))
+    return VAETrainConfig(**{**base, **kw})
+
+
+def test_train_vae_writes_a_flux2_codec_with_normalised_tokens(tmp_path):
+    cfg = tiny(tmp_path / "vae")
+    summary = run(cfg, progress=False)
+    codec = load_codec(summary["final"])
+    assert isinstance(codec, Flux2VAECodec)
+    assert (codec.spatial_factor, codec.token_channels) == (8, 16)
+    # the BatchNorm statistics are those of the stats scenes' latents: their tokens are standardised (up to
+    # the VAE's batch_norm_eps, which the codec adds to the variance as FLUX.2 does)
+    tokens = []
+    for k, bucket in enumerate(BucketTable(cfg.bases, cfg.multiple)):
+        images = scene_batch([(cfg.seed, 130363, k, 0)], bucket.height, bucket.width)
+        tokens.append(codec.encode(images).transpose(0, 1).flatten(1))
+    tokens = torch.cat(tokens, 1).double()
+    assert tokens.mean(1).abs().max() < 1e-4
+    var = codec.vae.bn.running_var.double()
+    assert torch.allclose(tokens.var(1, unbiased=False), var / (var + codec.vae.config.batch_norm_eps), atol=1e-4)
+    # decode inverts the normalisation before the decoder
+    z = codec.vae.encode(images).latent_dist.mode()
+    assert torch.allclose(codec.normalize(patchify(z, 2)), codec.encode(images), atol=1e-6)
+    rec = summary["reconstruction"]
+    assert rec["images"] == 4 and 0 <= rec["judge_agreement"] <= 1 and rec["psnr_db"] > 0
+    saved = json.loads((tmp_path / "vae" / "summary.json").read_text())
+    assert saved["steps"] == 4 and len((tmp_path / "vae" / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = VAETrainer(tiny(tmp_path / "a"), progress=False)
+    straight.train()
+    half = VAETrainer(tiny(tmp_path / "b", steps=2), progress=False)
+    half.train()
+    resumed = VAETrainer(tiny(tmp_path / "b"), resume=True, progress=False)
+    assert resumed.step == 2
+    log = resumed.train()
+    assert [r["step"] for r in log] == [3, 4]
+    for (name, a), b in zip(straight.vae.state_dict().items(), resumed.vae.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(UserError, match=r"other settings than these \(lr\)"):
+        VAETrainer(tiny(tmp_path / "b", lr=1e-2), resume=True)
+    # a run killed after its last checkpoint logged steps 5-6; resuming drops them, a fresh run starts anew
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 5}\n{"step": 6}\n')
+    VAETrainer(tiny(tmp_path / "b", eval_images=2), resume=True)
+    assert [json.loads(ln)["step"] for ln in metrics.read_text().splitlines()] == [1, 2, 3, 4]
+    VAETrainer(tiny(tmp_path / "b"))
+    assert metrics.read_text() == ""
+
+
+def test_training_reduces_reconstruction_loss(tmp_path):
+    log = VAETrainer(tiny(tmp_path / "v", steps=40, checkpoint_every=40, warmup_steps=5), progress=False).train()
+    first = sum(r["l1"] for r in log[:5]) / 5
+    last = sum(r["l1"] for r in log[-5:]) / 5
+    assert last < 0.7 * first
+
+
+def test_bad_settings_name_the_field(tmp_path, capsys):
+    with pytest.raises(UserError, match="batch_size"):
+        VAETrainer(tiny(tmp_path, batch_size=0))
+    with pytest.raises(UserError, match="bases"):
+        VAETrainer(tiny(tmp_path, bases=[30]))
+    with pytest.raises(UserError, match="AutoencoderKLFlux2"):
+        VAETrainer(tiny(tmp_path, vae={**TINY_VAE, "no_such_field": 1}))
+    assert main(["train-vae", "--out-dir", str(tmp_path), "--set", "learning_rate=1"]) == 2
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_codec_round_trip_ceiling(tmp_path, capsys):
+    from lensgen.data.shapes.evalset import load_prompts
+
+    specs = load_prompts(["single_object"], limit=3)
+    truth = se.ground_truth_generator(specs, 64, 64)
+    prompts, seeds = [s.prompt for s in specs], [0, 1, 2]
+    # the pixel codec is lossless: the round trip gives back the very images
+    for a, b in zip(truth(prompts, seeds), se.codec_round_trip(truth, PixelCodec(8))(prompts, seeds)):
+        assert a.tobytes() == b.tobytes()
+    # --codec is the ground truth's option only
+    PixelCodec(8).save_pretrained(tmp_path)
+    assert main(["eval", "shapes", "--noise", "--codec", str(tmp_path), "--limit", "1"]) == 2
+    assert "--ground-truth" in capsys.readouterr().err
+    assert main(["eval", "shapes", "--ground-truth", "--codec", str(tmp_path), "--tasks", "single_object",
+                 "--limit", "2", "--n-per-prompt", "1", "--no-progress"]) == 0
+    assert "through the codec" in capsys.readouterr().out
