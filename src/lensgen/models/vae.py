@@ -44,6 +44,11 @@ def unpatchify(x: torch.Tensor, p: int = 2) -> torch.Tensor:
     return x.reshape(b, cpp // (p * p), h * p, w * p)
 
 
+def flux2_spatial_factor(vae_config) -> int:
+    """Image pixels per token of an AutoencoderKLFlux2 config: its down-sampling, then its patches."""
+    return 2 ** (len(vae_config.block_out_channels) - 1) * vae_config.patch_size[0]
+
+
 class LatentCodec(nn.Module):
     """Frozen image <-> token-grid codec (no gradients, always in eval mode)."""
 
@@ -137,7 +142,7 @@ class Flux2VAECodec(LatentCodec):
         if patch[0] != patch[1]:
             raise UserError(f"FLUX.2 VAE patch_size {patch} is not square")
         self.patch = patch[0]
-        self.spatial_factor = 2 ** (len(cfg.block_out_channels) - 1) * self.patch
+        self.spatial_factor = flux2_spatial_factor(cfg)
         self.token_channels = cfg.latent_channels * self.patch * self.patch
         self._freeze()
 
@@ -241,5 +246,5 @@ def load_codec(directory: str | os.PathLike, device=None, dtype=None) -> LatentC
     raise UserError(f"{directory} holds no codec: expected {CONFIG_NAME} or a diffusers config.json")
 
 
-__all__ = ["CONFIG_NAME", "Flux2VAECodec", "LatentCodec", "PixelCodec", "build_codec", "load_codec", "patchify",
-           "unpatchify"]
+__all__ = ["CONFIG_NAME", "Flux2VAECodec", "LatentCodec", "PixelCodec", "build_codec", "flux2_spatial_factor",
+           "load_codec", "patchify", "unpatchify"]

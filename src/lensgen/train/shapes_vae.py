@@ -22,6 +22,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -30,7 +31,9 @@ from lensgen.data.buckets import BucketTable
 from lensgen.data.shapes import generate_scene, render
 from lensgen.errors import UserError
 from lensgen.io import atomic_open, atomic_write_json, atomic_write_text
+from lensgen.models.vae import Flux2VAECodec, flux2_spatial_factor, load_codec, patchify
 from lensgen.train.data import image_to_tensor
+from lensgen.train.trainer import lr_at
 
 # The Shapes VAE: diffusers' AutoencoderKLFlux2, sized for tens of images per second of training on 2 cores.
 # No attention in the mid block, so it is fully convolutional and works at every bucket size.
@@ -69,6 +72,7 @@ class VAETrainConfig:
     eval_images: int = 128  # held-out scenes (64x64) for the reconstruction report
     threads: int = 0  # torch threads (0: torch's default)
     vae: dict = field(default_factory=lambda: dict(SHAPES_VAE))  # AutoencoderKLFlux2 kwargs
+    schedule: ClassVar[str] = "cosine"  # warm-up then cosine, by the transformer trainer's `lr_at`
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "stats_images", "eval_images", "multiple"):
@@ -98,13 +102,6 @@ def scene_batch(seeds: list[tuple[int, ...]], height: int, width: int, split: st
                         for s in seeds])
 
 
-def learning_rate(cfg: VAETrainConfig, step: int) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
-
-
 def vae_loss(vae, images: torch.Tensor, kl_weight: float, generator: torch.Generator | None = None):
     """(loss, parts): L1 + MSE of the reconstruction from a posterior sample, plus kl_weight * mean KL."""
     posterior = vae.encode(images).latent_dist
@@ -126,7 +123,7 @@ class VAETrainer:
         torch.manual_seed(cfg.seed)
         self.vae = build_vae(cfg.vae)
         self.table = BucketTable(cfg.bases, cfg.multiple)
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1) * self.vae.config.patch_size[0]
+        factor = flux2_spatial_factor(self.vae.config)
         if cfg.multiple % factor:
             raise UserError(f"train-vae: multiple {cfg.multiple} is not a multiple of the VAE's {factor} px per token")
         self.optimizer = torch.optim.AdamW(self.vae.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -174,14 +171,15 @@ class VAETrainer:
         t0 = time.perf_counter()
         with open(self.out / "metrics.jsonl", "a") as metrics:
             while self.step < cfg.steps:
+                lr = lr_at(self.step, cfg)
                 for group in self.optimizer.param_groups:
-                    group["lr"] = learning_rate(cfg, self.step)
+                    group["lr"] = lr
                 loss, parts = vae_loss(self.vae, self.batch(self.step), cfg.kl_weight, self.generator)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
                 self.step += 1
-                record = {"step": self.step, "loss": loss.item(), **parts, "lr": learning_rate(cfg, self.step - 1)}
+                record = {"step": self.step, "loss": loss.item(), **parts, "lr": lr}
                 log.append(record)
                 metrics.write(json.dumps(record) + "\n")
                 bar.update(1)
@@ -197,8 +195,6 @@ class VAETrainer:
     def set_latent_statistics(self) -> None:
         """BatchNorm running mean/var := the exact statistics of `stats_images` scenes' patchified latents
         (posterior mode, as the codec encodes), spread over every bucket."""
-        from lensgen.models.vae import patchify
-
         self.vae.eval()
         p = self.vae.config.patch_size[0]
         total, total_sq, count = 0.0, 0.0, 0
@@ -217,8 +213,6 @@ class VAETrainer:
 
     def export(self) -> Path:
         """Write OUT/final (a `flux2-vae` codec folder) atomically: a temp folder, then a rename."""
-        from lensgen.models.vae import Flux2VAECodec
-
         self.set_latent_statistics()
         final, tmp = self.out / "final", self.out / "final.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -248,8 +242,6 @@ def reconstruction_report(codec, n: int, seed: int = 0, size: int = 64) -> dict:
 
 
 def run(cfg: VAETrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    from lensgen.models.vae import load_codec
-
     trainer = VAETrainer(cfg, resume=resume, progress=progress)
     start = trainer.step
     log = trainer.train()
