@@ -37,7 +37,7 @@ def losses(out: Path) -> list[float]:
 @pytest.mark.slow
 def test_resume_gives_the_same_losses_and_export_generates(tmp_path):
     straight = tmp_path / "straight"
-    Trainer(load_config(write_config(tmp_path / "a.yaml", straight, 4)), progress=False).run()
+    Trainer(load_config(write_config(tmp_path / "a.yaml", straight, 4), ["model.guidance=3"]), progress=False).run()
     split = tmp_path / "split"
     Trainer(load_config(write_config(tmp_path / "b.yaml", split, 2)), progress=False).run()
     with open(split / "metrics.jsonl", "a") as f:  # a step logged by a run killed after the checkpoint
@@ -57,8 +57,9 @@ def test_resume_gives_the_same_losses_and_export_generates(tmp_path):
     assert cli.main(["generate", "a red circle", "--model", str(straight / "final"), "--size", "48x48",
                      "--steps", "2", "-o", str(out_png), "-q"]) == 0
     assert out_png.stat().st_size > 0
-    # the export samples with the noise-level shift it was trained with
-    assert json.loads((straight / "final" / "model_index.json").read_text())["lensgen"]["schedule"] == "train"
+    # the export samples with the noise-level shift it was trained with, at the config's CFG scale
+    defaults = json.loads((straight / "final" / "model_index.json").read_text())["lensgen"]
+    assert defaults["schedule"] == "train" and defaults["cfg"] == 3.0
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ def test_shipped_configs_load(name):
     ("data:\n  source: stream\n", "data.shards"),
     ("data:\n  source: stream\n  shards: /d\n  shuffle_buffer: -1\n", "data.shuffle_buffer"),
     ("model:\n  prediction: eps\n", "model.prediction"),
+    ("model:\n  guidance: 0.5\n", "model.guidance"),
     ("system:\n  compile: maybe\n", "system.compile"),
     ("optim:\n  betas: [0.9]\n", "optim.betas"),
     ("optim:\n  steps: 1.5\n", "optim.steps"),

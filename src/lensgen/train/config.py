@@ -26,6 +26,7 @@ class ModelConfig:
     codec: dict = field(default_factory=lambda: {"backend": "pixel", "patch_size": 8})
     init_from: str | None = None  # a pipeline folder whose transformer weights start the run
     prediction: str = "v"  # network output: "v" (velocity, Lens) | "x" (clean image: pixel codecs, JiT)
+    guidance: float = 5.0  # CFG scale the exported pipeline samples with by default (and validation images)
 
 
 @dataclass
@@ -106,6 +107,7 @@ class TrainConfig:
     def validate(self) -> None:
         checks = [
             (self.model.prediction in PREDICTIONS, "model.prediction", "'v' (velocity) or 'x' (clean image)"),
+            (self.model.guidance >= 1, "model.guidance", "a CFG scale >= 1 (1 = no guidance pass)"),
             (self.data.source in ("shapes", "shards", "stream"), "data.source", "'shapes', 'shards' or 'stream'"),
             (self.data.source == "shapes" or bool(self.data.shards), "data.shards",
              "a folder when source is shards or stream"),

@@ -344,11 +344,12 @@ class Trainer:
         return "train" if shift == "flux2" else 0.0 if shift == "none" else float(shift)
 
     def pipeline_defaults(self):
-        """Sampler settings of this run's model: the middle size class, 20 steps, CFG 5, its shift and output."""
+        """Sampler settings of this run's model: the middle size class, 20 steps, its CFG, shift and output."""
         from lensgen.pipeline import PipelineDefaults
 
         mid = self.cfg.data.bases[len(self.cfg.data.bases) // 2]
-        return PipelineDefaults(height=mid, width=mid, steps=20, cfg=5.0, schedule=self.sampling_schedule(),
+        return PipelineDefaults(height=mid, width=mid, steps=20, cfg=self.cfg.model.guidance,
+                                schedule=self.sampling_schedule(),
                                 prediction=self.cfg.model.prediction,
                                 max_side=2 * max(max(b.height, b.width) for b in self.table))
 
