@@ -105,3 +105,7 @@ def test_eval_cli_runs_a_model_folder(tmp_path):
     assert set(result["tasks"]) == {"single_object", "counting"}
     assert len(result["samples"]) == 2 * 2 * 2 and 0 <= result["overall"] <= 1
     assert "model" in (out / "results.md").read_text()
+    # the settings sampled with are recorded: steps as given, CFG the model's default
+    default_cfg = json.loads((tmp_path / "model" / "model_index.json").read_text())["lensgen"]["cfg"]
+    assert result["extra"]["steps"] == 2 and result["extra"]["cfg"] == default_cfg
+    assert f"CFG {default_cfg:g}" in (out / "results.md").read_text()

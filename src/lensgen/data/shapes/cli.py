@@ -91,6 +91,7 @@ def _eval_shapes(args) -> int:
         raise UserError("--n-per-prompt, --batch-size and --limit must be positive")
     specs = load_prompts(tasks, limit=args.limit)
     size = parse_size(args.size) if args.size else None
+    steps, cfg = args.steps, args.cfg
     if args.codec and not args.ground_truth:
         raise UserError("--codec goes with --ground-truth (a model folder brings its own codec)")
     if args.model:
@@ -98,7 +99,11 @@ def _eval_shapes(args) -> int:
 
         pipe = LensPipeline.from_pretrained(args.model)
         h, w = size or (pipe.default_height, pipe.default_width)
-        generate, source = se.pipeline_generator(pipe, h, w, args.steps, args.cfg), f"model {args.model}"
+        # the settings actually sampled with (the model's defaults unless given), so results say them
+        steps = pipe.defaults.steps if steps is None else steps
+        cfg = pipe.defaults.cfg if cfg is None else cfg
+        generate, source = se.pipeline_generator(pipe, h, w, steps, cfg), f"model {args.model}"
+        source += f", {steps} steps, CFG {cfg:g}"
     else:
         h, w = validate_size(*(size or (64, 64)), multiple=8)
         if args.ground_truth:
@@ -114,7 +119,7 @@ def _eval_shapes(args) -> int:
             generate, source = se.noise_generator(h, w), "noise (floor)"
     result = se.evaluate(generate, n_per_prompt=args.n_per_prompt, batch_size=args.batch_size, seed=args.seed,
                          prompts=specs, progress=not args.no_progress)
-    result.extra = {"source": source, "height": h, "width": w, "steps": args.steps, "cfg": args.cfg}
+    result.extra = {"source": source, "height": h, "width": w, "steps": steps, "cfg": cfg}
     table = se.format_table(result, f"ShapesEval, {source}, {w}x{h}, {args.n_per_prompt} per prompt")
     print(table)
     if args.out:
