@@ -68,8 +68,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--size", help="WIDTHxHEIGHT, multiples of the model's token size, ratio 1:2..2:1 "
                                   "(default: the model's, e.g. 64x64 for Shapes, 1024x1024 for Lens)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's, 20 for Lens)")
-    p.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the model's, 5.0; "
-                                             "1 = no guidance pass)")
+    p.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the model's, 5.0 for "
+                                             "Lens, 3.0 for the shipped Shapes model; 1 = no guidance pass)")
     p.add_argument("--seed", type=int, default=0, help="random seed (image i of --num uses seed + i)")
     p.add_argument("--negative-prompt", default="", help="negative prompt (default: empty)")
     p.add_argument("--num", type=int, default=1, help="number of images")
