@@ -7,6 +7,7 @@ import argparse
 
 def cmd_train(args: argparse.Namespace) -> int:
     from lensgen.train.config import load_config
+    from lensgen.train.parallel import shutdown_distributed
     from lensgen.train.trainer import Trainer
 
     config = load_config(args.config, args.set)
@@ -14,7 +15,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         config.out_dir = args.out_dir
     if args.steps:
         config.optim.steps = args.steps
-    summary = Trainer(config, resume=args.resume, progress=not args.quiet).run()
+    try:
+        summary = Trainer(config, resume=args.resume, progress=not args.quiet).run()
+    except BaseException:
+        shutdown_distributed(clean=False)
+        raise
+    shutdown_distributed()
     if summary.get("export"):
         print(f"trained {summary['steps']} steps in {summary['wall_s']:.0f} s "
               f"({summary['images_per_s']:.1f} images/s); EMA pipeline: {summary['export']}")

@@ -49,6 +49,19 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
+def shutdown_distributed(clean: bool = True) -> None:
+    """Leave the process group before the interpreter exits.
+
+    Left to interpreter teardown, gloo's worker threads are destroyed in no set order and a rank can
+    abort ("terminate called without an active exception") after its work is done. After a failure
+    there is no barrier: the other ranks may never reach it.
+    """
+    if dist.is_available() and dist.is_initialized():
+        if clean:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()
