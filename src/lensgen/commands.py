@@ -37,8 +37,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     pipe = load_pipeline(args.model, args.device)
     height, width = parse_size(args.size) if args.size else (pipe.default_height, pipe.default_width)
-    steps = args.steps or pipe.defaults.steps
-    cfg = pipe.defaults.cfg if args.cfg is None else args.cfg
+    steps, cfg = pipe.defaults.sampling(args.steps, args.cfg)
     if args.num < 1:
         raise UserError(f"--num must be at least 1, got {args.num}")
     out = Path(args.output)

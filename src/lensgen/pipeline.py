@@ -47,6 +47,10 @@ class PipelineDefaults:
     # what the transformer outputs: "v" (velocity, Lens) or "x" (clean image; pixel-space Shapes models)
     prediction: str = "v"
 
+    def sampling(self, steps: int | None, cfg: float | None) -> tuple[int, float]:
+        """The steps and CFG scale a call samples with: the ones given, else these defaults."""
+        return steps or self.steps, self.cfg if cfg is None else cfg
+
     @classmethod
     def from_dict(cls, d: dict) -> PipelineDefaults:
         known = {f.name for f in fields(cls)}
@@ -181,8 +185,7 @@ class LensPipeline:
             raise UserError("no prompt given")
         height = height or self.defaults.height
         width = width or self.defaults.width
-        steps = steps or self.defaults.steps
-        cfg = self.defaults.cfg if cfg is None else cfg
+        steps, cfg = self.defaults.sampling(steps, cfg)
         validate_size(height, width, multiple=self.codec.spatial_factor, max_side=self.defaults.max_side)
         seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
         if len(seeds) != len(prompts):

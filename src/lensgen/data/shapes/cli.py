@@ -99,9 +99,7 @@ def _eval_shapes(args) -> int:
 
         pipe = LensPipeline.from_pretrained(args.model)
         h, w = size or (pipe.default_height, pipe.default_width)
-        # the settings actually sampled with (the model's defaults unless given), so results say them
-        steps = pipe.defaults.steps if steps is None else steps
-        cfg = pipe.defaults.cfg if cfg is None else cfg
+        steps, cfg = pipe.defaults.sampling(steps, cfg)  # what it samples with, so the results say it
         generate, source = se.pipeline_generator(pipe, h, w, steps, cfg), f"model {args.model}"
         source += f", {steps} steps, CFG {cfg:g}"
     else:
