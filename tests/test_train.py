@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,27 @@ def test_streamed_shards_resume_exactly_with_prefetch(tmp_path):
             progress=False).run()
     assert losses(split) == pytest.approx(losses(straight), rel=1e-6, abs=1e-7)
     assert (straight / "final" / "model_index.json").is_file()
+
+
+def test_init_from_starts_the_model_and_ema_at_a_pipeline_folders_weights(tmp_path):
+    """`model.init_from`: a new run goes on from exported (here int8) weights, with the folder's architecture."""
+    import torch
+
+    from lensgen.models.transformer import LensTransformer2DModel
+    from lensgen.train.trainer import transformer_config
+
+    cfg = load_config(write_config(tmp_path / "a.yaml", tmp_path / "run", 1))
+    torch.manual_seed(1)
+    source = LensTransformer2DModel(replace(transformer_config(cfg), num_layers=2))  # the config says 1
+    source.save_pretrained(tmp_path / "init" / "transformer", storage="int8")
+    cfg = load_config(tmp_path / "a.yaml", [f"model.init_from={tmp_path / 'init'}"])
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.model.config.num_layers == 2
+    loaded = LensTransformer2DModel.from_pretrained(tmp_path / "init" / "transformer").state_dict()
+    for name, p in trainer.model.named_parameters():
+        assert torch.equal(p.detach(), loaded[name]), name
+        assert torch.equal(trainer.ema.shadow[name], loaded[name]), name
+        original = source.state_dict()[name]
+        assert torch.allclose(p.detach(), original, atol=float(original.abs().max()) / 100 + 1e-6), name
+    trainer.run()
+    assert len(losses(tmp_path / "run")) == 1
