@@ -157,10 +157,11 @@ def test_init_from_starts_the_model_and_ema_at_a_pipeline_folders_weights(tmp_pa
     trainer = Trainer(cfg, progress=False)
     assert trainer.model.config.num_layers == 2
     loaded = LensTransformer2DModel.from_pretrained(tmp_path / "init" / "transformer").state_dict()
+    originals = source.state_dict()
     for name, p in trainer.model.named_parameters():
         assert torch.equal(p.detach(), loaded[name]), name
         assert torch.equal(trainer.ema.shadow[name], loaded[name]), name
-        original = source.state_dict()[name]
+        original = originals[name]
         assert torch.allclose(p.detach(), original, atol=float(original.abs().max()) / 100 + 1e-6), name
     trainer.run()
     assert len(losses(tmp_path / "run")) == 1
