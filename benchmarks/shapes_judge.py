@@ -18,8 +18,8 @@ import time
 import numpy as np
 from PIL import Image, ImageFilter
 
-from lensgen.data.shapes import SceneConfig, generate_scene, render
-from lensgen.data.shapes.judge import detect
+from lensgen.shapes import SceneConfig, generate_scene, render
+from lensgen.shapes.judge import detect
 from lensgen.sizes import size_table
 
 
@@ -76,7 +76,7 @@ def run(n: int, sizes: list[tuple[int, int]], label: str, degrade, seed: int = 0
 
 
 def ocr_accuracy(n: int, size: int) -> tuple[float, float]:
-    from lensgen.data.shapes.ocr import text_similarity
+    from lensgen.shapes.ocr import text_similarity
 
     ok, sim = 0, 0.0
     signed = (s for s in (generate_scene(200_000 + i, 1.0, SceneConfig(p_text=1.0), split="any")

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from lensgen.data.shapes import SceneConfig, captions, generate_scene, render
+from lensgen.shapes import SceneConfig, captions, generate_scene, render
 
 
 def rate(fn, n: int) -> float:

@@ -21,9 +21,9 @@ from PIL import Image
 
 from lensgen.data.bucket_sampler import MixedResolutionSampler
 from lensgen.data.buckets import BucketTable
+from lensgen.data.shard_stream import ShardStream
 from lensgen.data.shards import shard_path, write_shard
-from lensgen.train.data import ShardSource
-from lensgen.train.shard_stream import ShardStream
+from lensgen.data.sources import ShardSource
 
 
 def make_corpus(folder: Path, samples: int, shard_size: int, max_side: int) -> int:

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from lensgen.flow.prediction import MIN_SIGMA, velocity
 from lensgen.flow.sampler import SAMPLER_PRESETS, cfg_velocity_fn, euler_sample, guided_velocity
 from lensgen.flow.schedule import empirical_mu, sampling_sigmas, schedule_mu, shift_sigma, train_mu
 
@@ -86,21 +85,3 @@ def test_presets():
     assert (SAMPLER_PRESETS["lens"].steps, SAMPLER_PRESETS["lens"].cfg) == (20, 5.0)
     assert SAMPLER_PRESETS["base"].steps == 50
     assert (SAMPLER_PRESETS["turbo"].steps, SAMPLER_PRESETS["turbo"].cfg) == (4, 1.0)
-
-
-def test_x_prediction_becomes_the_velocity_and_lands_on_its_x0():
-    x0, eps = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
-    sigma = torch.tensor([0.8, 0.3])
-    x_t = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * eps
-    torch.testing.assert_close(velocity(x0, x_t, sigma, "x"), eps - x0)  # a perfect x0 gives the true v
-    assert velocity(eps, x_t, sigma, "v") is eps
-    tiny = torch.tensor([0.001, 0.3])  # near clean data the 1/sigma weight is clamped
-    out = velocity(torch.zeros_like(x_t), x_t, tiny, "x")
-    torch.testing.assert_close(out[0], x_t[0] / MIN_SIGMA)
-    with pytest.raises(ValueError, match="prediction"):
-        velocity(x0, x_t, sigma, "eps")
-    # an x-predicting model that always answers `target` is sampled onto exactly `target`
-    target = torch.randn(1, 4, 3)
-    sigmas = sampling_sigmas(6, 4, shift=False)
-    out = euler_sample(lambda x, s: velocity(target.expand_as(x), x, s, "x"), torch.randn(1, 4, 3), sigmas)
-    torch.testing.assert_close(out, target)

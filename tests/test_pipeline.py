@@ -9,12 +9,12 @@ from PIL import Image
 
 from lensgen import cli
 from lensgen.errors import UserError
-from lensgen.pipeline import LensPipeline, build_shapes_pipeline
+from lensgen.inference.pipeline import LensPipeline
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return build_shapes_pipeline(seed=0)
+def pipe(untrained_pipeline):
+    return untrained_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -89,20 +89,6 @@ def test_missing_or_malformed_folders(tmp_path, saved):
     (bad / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(UserError, match="lensgen.schedule"):
         LensPipeline.from_pretrained(bad)
-    index["lensgen"].update(schedule="train", prediction="eps")
-    (bad / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(UserError, match="lensgen.prediction"):
-        LensPipeline.from_pretrained(bad)
-
-
-def test_x_prediction_models_sample_through_the_velocity(pipe, monkeypatch):
-    """prediction "x": the transformer's output is read as the clean image, whatever the steps."""
-    target = torch.full((1, 64, pipe.codec.token_channels), 0.25)
-    monkeypatch.setattr(pipe.transformer, "forward", lambda x, *a, **k: target.expand_as(x))
-    monkeypatch.setattr(pipe.defaults, "prediction", "x")
-    image = pipe("a red circle", height=64, width=64, steps=3, cfg=1.0, output_type="pt")
-    expected = pipe.codec.decode(target.transpose(1, 2).unflatten(2, (8, 8))).clamp(-1, 1)
-    torch.testing.assert_close(image, expected)
 
 
 def test_generate_cli_writes_png_with_metadata(saved, tmp_path, capsys):

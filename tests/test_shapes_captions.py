@@ -5,12 +5,12 @@ import re
 import numpy as np
 import pytest
 
-from lensgen.data.shapes import captions, choose_caption, generate_scene, parse_prompt
-from lensgen.data.shapes.captions import short_spec
-from lensgen.data.shapes.prompt import ObjectReq, PromptSpec, Relation, format_prompt
-from lensgen.data.shapes.scene import SceneConfig
-from lensgen.data.shapes.vocab import NUMBER_WORDS, plural
 from lensgen.errors import UserError
+from lensgen.shapes import captions, choose_caption, generate_scene, parse_prompt
+from lensgen.shapes.captions import short_spec
+from lensgen.shapes.prompt import ObjectReq, PromptSpec, Relation, format_prompt
+from lensgen.shapes.scene import SceneConfig
+from lensgen.shapes.vocab import NUMBER_WORDS, plural
 
 GENEVAL_FORM = re.compile(
     r'^(a photo of |an image of |a picture of )?'

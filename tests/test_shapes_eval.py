@@ -2,15 +2,15 @@
 
 import pytest
 
-from lensgen.data.shapes import render
-from lensgen.data.shapes.evalset import TASKS, build_prompts, load_prompts, prompt_path
-from lensgen.data.shapes.groundtruth import scene_for_prompt
-from lensgen.data.shapes.heldout import HELDOUT_WORDS, is_heldout_pair, is_heldout_position
-from lensgen.data.shapes.judge import detect
-from lensgen.data.shapes.prompt import parse_prompt
-from lensgen.data.shapes.scene import Background, ObjectSpec, Scene
 from lensgen.errors import UserError
 from lensgen.eval.shapes import evaluate, format_table, geneval_check, ground_truth_generator, noise_generator
+from lensgen.shapes import render
+from lensgen.shapes.evalset import TASKS, build_prompts, load_prompts, prompt_path
+from lensgen.shapes.groundtruth import scene_for_prompt
+from lensgen.shapes.heldout import HELDOUT_WORDS, is_heldout_pair, is_heldout_position
+from lensgen.shapes.judge import detect
+from lensgen.shapes.prompt import parse_prompt
+from lensgen.shapes.scene import Background, ObjectSpec, Scene
 
 
 def test_committed_prompt_files_match_the_seeded_build():
@@ -90,14 +90,12 @@ def test_evaluate_calls_any_batched_callable():
         evaluate(lambda p, s: [], prompts=specs, n_per_prompt=1, progress=False)
 
 
-def test_eval_cli_runs_a_model_folder(tmp_path):
+def test_eval_cli_runs_a_model_folder(tmp_path, untrained_pipeline):
     """`lensgen eval shapes --model DIR` samples the pipeline and scores what it draws."""
     import json
 
     from lensgen.cli import main
-    from lensgen.pipeline import build_shapes_pipeline
-
-    build_shapes_pipeline(seed=0).save_pretrained(tmp_path / "model")
+    untrained_pipeline.save_pretrained(tmp_path / "model")
     out = tmp_path / "eval"
     assert main(["eval", "shapes", "--model", str(tmp_path / "model"), "--tasks", "single_object,counting",
                  "--limit", "2", "--n-per-prompt", "2", "--steps", "2", "--no-progress", "--out", str(out)]) == 0

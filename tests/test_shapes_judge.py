@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lensgen.data.shapes import SceneConfig, generate_scene, render
-from lensgen.data.shapes.judge import detect
-from lensgen.data.shapes.ocr import normalise_text, text_similarity
-from lensgen.data.shapes.scene import ObjectSpec, Scene, object_box
+from lensgen.shapes import SceneConfig, generate_scene, render
+from lensgen.shapes.judge import detect
+from lensgen.shapes.ocr import normalise_text, text_similarity
+from lensgen.shapes.scene import ObjectSpec, Scene, object_box
 from lensgen.sizes import size_table
 
 
@@ -74,7 +74,7 @@ def test_malformed_blob_is_not_a_shape():
 
 def test_ocr_reads_signs_at_64_and_128_px():
     scene = Scene([ObjectSpec("circle", "red", 0.25, 0.75, 0.15)], sign=None)
-    from lensgen.data.shapes.scene import make_sign
+    from lensgen.shapes.scene import make_sign
 
     scene.sign = make_sign(np.random.default_rng(0), 1.0, "HELLO")
     scene.sign.y = 0.25

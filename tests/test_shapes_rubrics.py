@@ -1,9 +1,9 @@
 """Rubrics: items across the five dimensions, graded scores, the global rule."""
 
-from lensgen.data.shapes import generate_scene, parse_prompt, render
-from lensgen.data.shapes.groundtruth import scene_for_prompt
-from lensgen.data.shapes.rubrics import DIMENSIONS, MAX_ITEMS, rubrics_for, score
-from lensgen.data.shapes.scene import Background, ObjectSpec, Scene, SceneConfig
+from lensgen.shapes import generate_scene, parse_prompt, render
+from lensgen.shapes.groundtruth import scene_for_prompt
+from lensgen.shapes.rubrics import DIMENSIONS, MAX_ITEMS, rubrics_for, score
+from lensgen.shapes.scene import Background, ObjectSpec, Scene, SceneConfig
 
 
 def _img(spec_text, seed=0):

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from lensgen.data.shapes import SceneConfig, generate_scene, render
-from lensgen.data.shapes.heldout import HELDOUT_WORDS, TRAIN_WORDS, scene_is_heldout
-from lensgen.data.shapes.scene import Scene, canvas, object_box
-from lensgen.data.shapes.vocab import COLOUR_NAMES, COLOURS, SHAPES, WORDS
+from lensgen.shapes import SceneConfig, generate_scene, render
+from lensgen.shapes.heldout import HELDOUT_WORDS, TRAIN_WORDS
+from lensgen.shapes.scene import Scene, canvas, object_box, scene_is_heldout
+from lensgen.shapes.vocab import COLOUR_NAMES, COLOURS, SHAPES, WORDS
 from lensgen.sizes import size_table
 
 

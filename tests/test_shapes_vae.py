@@ -89,7 +89,7 @@ def test_bad_settings_name_the_field(tmp_path, capsys):
 
 
 def test_codec_round_trip_ceiling(tmp_path, capsys):
-    from lensgen.data.shapes.evalset import load_prompts
+    from lensgen.shapes.evalset import load_prompts
 
     specs = load_prompts(["single_object"], limit=3)
     truth = se.ground_truth_generator(specs, 64, 64)

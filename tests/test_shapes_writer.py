@@ -5,9 +5,9 @@ import json
 import webdataset as wds
 
 import lensgen.cli
-from lensgen.data.shapes.scene import Scene, SceneConfig
-from lensgen.data.shapes.writer import ShapesDataConfig, write_dataset
+from lensgen.data.shapes_dataset import ShapesDataConfig, write_dataset
 from lensgen.data.shards import list_shards
+from lensgen.shapes.scene import Scene, SceneConfig
 
 
 def test_shards_round_trip_and_resume(tmp_path):
@@ -40,8 +40,8 @@ def test_shards_round_trip_and_resume(tmp_path):
 
 
 def _cli(monkeypatch, argv):
-    modules = [m for m in lensgen.cli.COMMAND_MODULES if m != "lensgen.data.shapes.cli"]
-    monkeypatch.setattr(lensgen.cli, "COMMAND_MODULES", modules + ["lensgen.data.shapes.cli"])
+    modules = [m for m in lensgen.cli.COMMAND_MODULES if m != "lensgen.data.cli"]
+    monkeypatch.setattr(lensgen.cli, "COMMAND_MODULES", modules + ["lensgen.data.cli"])
     return lensgen.cli.main(argv)
 
 

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from lensgen.data.buckets import BucketTable
+from lensgen.data.shard_stream import SampleRef, ShardStream
 from lensgen.data.shards import shard_path, write_shard
 from lensgen.errors import UserError
-from lensgen.train.shard_stream import SampleRef, ShardStream
 
 TABLE = BucketTable(bases=(32, 48, 64), multiple=8)
 SIZES = [(32, 32), (48, 48), (64, 64), (32, 64), (64, 32), (40, 56), (80, 40)]  # (h, w)

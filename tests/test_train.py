@@ -104,10 +104,11 @@ def test_shard_source_caption_mix_per_batch_and_text_cache(tmp_path):
         "data.source=shards", f"data.shards={shards}", "data.caption_mix=batch", "data.dense_prob=0.5",
         f"data.text_cache={tmp_path / 'text'}", "optim.caption_dropout=0", "log.val_every=0"])
     trainer = Trainer(config, progress=False)
-    assert len(trainer.source) == 24
-    for i in range(len(trainer.source)):
-        image, captions = trainer.source.load(i)
-        bucket = trainer.table[trainer.source.bucket_of(i)]
+    items = trainer.source.items
+    assert len(items) == 24
+    for i in range(len(items)):
+        image, captions = items.load(i)
+        bucket = trainer.table[items.bucket_of(i)]
         assert (image.height, image.width) == (bucket.height, bucket.width) and captions["dense"]
     kinds = set()
     for s in range(12):
@@ -151,7 +152,7 @@ def test_init_from_starts_the_model_and_ema_at_a_pipeline_folders_weights(tmp_pa
 
     cfg = load_config(write_config(tmp_path / "a.yaml", tmp_path / "run", 1))
     torch.manual_seed(1)
-    source = LensTransformer2DModel(replace(transformer_config(cfg), num_layers=2))  # the config says 1
+    source = LensTransformer2DModel(replace(transformer_config(cfg.model), num_layers=2))  # the config says 1
     source.save_pretrained(tmp_path / "init" / "transformer", storage="int8")
     cfg = load_config(tmp_path / "a.yaml", [f"model.init_from={tmp_path / 'init'}"])
     trainer = Trainer(cfg, progress=False)

@@ -24,7 +24,6 @@ def test_shipped_configs_load(name):
     ("data:\n  source: shards\n", "data.shards"),
     ("data:\n  source: stream\n", "data.shards"),
     ("data:\n  source: stream\n  shards: /d\n  shuffle_buffer: -1\n", "data.shuffle_buffer"),
-    ("model:\n  prediction: eps\n", "model.prediction"),
     ("model:\n  guidance: 0.5\n", "model.guidance"),
     ("system:\n  compile: maybe\n", "system.compile"),
     ("optim:\n  betas: [0.9]\n", "optim.betas"),
@@ -61,14 +60,14 @@ def test_shipped_config_describes_the_shipped_model(monkeypatch):
 
     import torch
 
+    from lensgen.inference.pipeline import DEFAULT_MODEL_DIR
     from lensgen.models.vae import build_codec, load_codec
-    from lensgen.pipeline import DEFAULT_MODEL_DIR
     from lensgen.train.trainer import transformer_config
 
-    monkeypatch.chdir(CONFIGS.parent)  # the codec path is relative to the repository root
+    monkeypatch.chdir(CONFIGS.parent.parent)  # the config works from any folder
     cfg = load_config(CONFIGS / "shapes-tiny.yaml")
     shipped = json.loads((DEFAULT_MODEL_DIR / "transformer" / "config.json").read_text())
-    built = asdict(transformer_config(cfg))
+    built = asdict(transformer_config(cfg.model))
     assert {k: shipped[k] for k in built} == {k: list(v) if isinstance(v, tuple) else v for k, v in built.items()}
     codec, shipped_codec = build_codec(cfg.model.codec), load_codec(DEFAULT_MODEL_DIR / "vae")
     assert (codec.spatial_factor, codec.token_channels) == (shipped_codec.spatial_factor, shipped_codec.token_channels)

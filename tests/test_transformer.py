@@ -2,6 +2,7 @@
 
 import math
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from lensgen.models.transformer import (
     LensTransformer2DModel,
     LensTransformerConfig,
     preset,
+    timestep_angles,
     timestep_sinusoid,
 )
 
@@ -133,8 +135,9 @@ def ref_forward(model, img, txt, sigma, h, w, txt_valid):
         xt = rms(tx, sd[p + "txt_norm1.weight"], 1e-6) * (1 + tm[1]) + tm[0]
         qi, ki, vi = lin(xi, p + "attn.img_qkv").view(-1, 3, H, D).unbind(1)
         qt, kt, vt = lin(xt, p + "attn.txt_qkv").view(-1, 3, H, D).unbind(1)
-        qi, ki = rms(qi, sd[p + "attn.norm_q.weight"], 1e-5), rms(ki, sd[p + "attn.norm_k.weight"], 1e-5)
-        qt, kt = rms(qt, sd[p + "attn.norm_added_q.weight"], 1e-5), rms(kt, sd[p + "attn.norm_added_k.weight"], 1e-5)
+        e = cfg.qk_norm_eps
+        qi, ki = rms(qi, sd[p + "attn.norm_q.weight"], e), rms(ki, sd[p + "attn.norm_k.weight"], e)
+        qt, kt = rms(qt, sd[p + "attn.norm_added_q.weight"], e), rms(kt, sd[p + "attn.norm_added_k.weight"], e)
         q = ref_rotate(torch.cat([qi, qt]), pos, cfg.axes_dims_rope, cfg.rope_theta).double()
         k = ref_rotate(torch.cat([ki, kt]), pos, cfg.axes_dims_rope, cfg.rope_theta).double()
         v = torch.cat([vi, vt])
@@ -217,6 +220,48 @@ def test_timestep_sinusoid_is_cos_first_scaled_by_1000():
     assert emb.shape == (1, 256)
     assert emb[0, 0].item() == pytest.approx(math.cos(250.0), abs=1e-5)  # frequency 1, cos first
     assert emb[0, 128].item() == pytest.approx(math.sin(250.0), abs=1e-5)
+
+
+def test_lens_preset_has_the_released_qk_norm_eps_and_sinusoid_order(lens_meta):
+    cfg = lens_meta.config
+    assert cfg.qk_norm_eps == 1e-6 and cfg.timestep_angle_order == "(sigma*freqs)*1000"
+    attn = lens_meta.transformer_blocks[0].attn
+    assert [getattr(attn, n).eps for n in ("norm_q", "norm_k", "norm_added_q", "norm_added_k")] == [1e-6] * 4
+    assert lens_meta.time_text_embed.angle_order == "(sigma*freqs)*1000"
+    # a released config.json, which names neither field, reads as the released model
+    released = {k: v for k, v in cfg.to_dict().items() if k not in ("qk_norm_eps", "timestep_angle_order")}
+    assert LensTransformerConfig.from_dict(released) == cfg
+
+
+def test_qk_norm_eps_against_hand_computed_values():
+    """Small queries, where eps matters: q / sqrt(mean(q^2) + eps), with the config's eps."""
+    q = torch.tensor([[3e-4, -1e-3, 2e-4, 5e-4] * 4], dtype=torch.float64)  # the tiny config's head_dim 16
+    for eps in (1e-6, 1e-5):
+        norm = LensTransformer2DModel(replace(tiny_config(), qk_norm_eps=eps)).transformer_blocks[0].attn.norm_q
+        norm = norm.double()
+        mean_sq = (9e-8 + 1e-6 + 4e-8 + 25e-8) / 4  # 3.475e-7, by hand (the pattern repeats)
+        expected = q / math.sqrt(mean_sq + eps)
+        torch.testing.assert_close(norm(q), expected, rtol=1e-12, atol=0)
+    assert 1 / math.sqrt(3.475e-7 + 1e-6) > 1.2 / math.sqrt(3.475e-7 + 1e-5)  # the two differ by far
+
+
+def test_timestep_angles_round_in_the_released_order():
+    """fp32 (sigma * freqs) * 1000, as the released code computes it; the other order rounds differently."""
+    import numpy as np
+
+    sigma = np.float32(0.7317)
+    freqs = torch.exp(-math.log(10000) * torch.arange(128, dtype=torch.float32) / 128).numpy()  # fp32, as ours
+    released = (sigma * freqs) * np.float32(1000)
+    other = (np.float32(1000) * sigma) * freqs
+    assert released.dtype == np.float32 and (released != other).any()  # the orders really differ here
+    ours = timestep_angles(torch.tensor([0.7317]))[0].numpy()
+    np.testing.assert_array_equal(ours, released)
+    legacy = timestep_angles(torch.tensor([0.7317]), order="(1000*sigma)*freqs")[0].numpy()
+    np.testing.assert_array_equal(legacy, other)
+    emb = timestep_sinusoid(torch.tensor([0.7317]))[0]
+    torch.testing.assert_close(emb[:128], torch.cos(torch.from_numpy(released)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="timestep_angle_order"):
+        LensTransformerConfig(timestep_angle_order="1000*sigma*freqs").validate()
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -135,7 +135,6 @@ def test_pixel_codec_exact_round_trip(tmp_path):
 
 @pytest.mark.parametrize("config,message", [
     ({"backend": "sd-vae"}, "unknown codec backend"),
-    ({"backend": "flux2-vae"}, "needs `path`"),
     ({"backend": "flux2-vae", "path": "/nonexistent/vae"}, "missing or has no config.json"),
     ({"backend": "pixel", "patch": 8}, "unknown pixel codec field"),
     ({"backend": "pixel", "patch_size": 0}, "positive integer"),
@@ -143,6 +142,15 @@ def test_pixel_codec_exact_round_trip(tmp_path):
 def test_bad_configs(config, message):
     with pytest.raises(UserError, match=message):
         build_codec(config)
+
+
+def test_flux2_vae_without_a_path_is_the_shipped_shapes_vae():
+    from lensgen.models.vae import SHAPES_VAE_DIR
+
+    codec, shipped = build_codec({"backend": "flux2-vae"}), load_codec(SHAPES_VAE_DIR)
+    assert codec.path == str(SHAPES_VAE_DIR) and (codec.spatial_factor, codec.token_channels) == (8, 16)
+    for a, b in zip(codec.state_dict().values(), shipped.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_load_errors(tmp_path):

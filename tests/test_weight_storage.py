@@ -30,7 +30,7 @@ def test_transformer_folders_in_each_storage(tmp_path, storage, max_ratio, atol)
     assert size(tmp_path / storage) <= max_ratio * size(tmp_path / "fp32") + 1024
     loaded = LensTransformer2DModel.from_pretrained(tmp_path / storage)
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
-    x, txt = torch.randn(2, 64, 192), torch.randn(2, 7, 4, 384)
+    x, txt = torch.randn(2, 64, model.config.in_channels), torch.randn(2, 7, 4, 384)
     sigma = torch.tensor([0.3, 0.8])
     with torch.no_grad():
         want, got = model(x, txt, sigma, (8, 8)), loaded(x, txt, sigma, (8, 8))

@@ -15,10 +15,11 @@ from lensgen.errors import UserError
 
 # Modules that contribute commands; each defines register(groups: dict[str, argparse._SubParsersAction]).
 COMMAND_MODULES = [
-    "lensgen.commands",
+    "lensgen.inference.generate",
     "lensgen.demo",
     "lensgen.train.cli",
-    "lensgen.data.shapes.cli",
+    "lensgen.data.cli",
+    "lensgen.eval.cli",
     "lensgen.data.curate.cli",
     "lensgen.data.caption.cli",
 ]

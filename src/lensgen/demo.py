@@ -78,7 +78,7 @@ def loss_plot_png(metrics: list[dict]) -> bytes:
 
 
 def run_demo(out: Path, model: str | None, train_steps: int) -> Path:
-    from lensgen.commands import load_pipeline, png_metadata
+    from lensgen.inference.generate import load_pipeline, png_metadata
     from lensgen.io import atomic_write_bytes, atomic_write_text
     from lensgen.sizes import parse_size
 

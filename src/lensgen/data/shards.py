@@ -1,6 +1,7 @@
 """WebDataset shards written atomically and resumably, one whole shard at a time.
 
-A shard is a plain tar (img2dataset / WebDataset layout: `KEY.EXT` members grouped by key).
+A shard is a plain tar (img2dataset / WebDataset layout: `KEY.EXT` members grouped by key); a
+training sample is an image member plus a `.json` holding its captions.
 `write_shard` writes to a temporary file and renames it into place, so a shard that exists is
 complete: a resumable job skips the shards that exist and loses at most the one in flight.
 """
@@ -15,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import webdataset as wds
+from PIL import Image
 
+from lensgen.data.buckets import BucketTable
+from lensgen.errors import UserError
 from lensgen.io import atomic_open
 
 
@@ -78,3 +82,34 @@ def iter_samples(path: str | os.PathLike, decode: str | None = "pil") -> Iterato
     if decode:
         dataset = dataset.decode(decode)
     return iter(dataset)
+
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+
+
+def sample_captions(meta: dict, where: str) -> dict[str, str]:
+    """The captions of a shard sample's .json: a `captions` dict, or top-level dense/short/caption fields."""
+    captions = meta.get("captions") or {k: meta[k] for k in ("dense", "short", "caption") if k in meta}
+    if "caption" in captions and "dense" not in captions:
+        captions["dense"] = captions.pop("caption")
+    if not captions:
+        raise UserError(f"{where} has no captions in its .json (expected 'captions', 'dense', 'short' or 'caption')")
+    return captions
+
+
+def sample_image(parts: dict[str, bytes], where: str) -> bytes:
+    """The image bytes of a shard sample's members (which must also hold its .json)."""
+    image = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
+    if image is None or "json" not in parts:
+        raise UserError(f"{where} lacks an image ({'/'.join(IMAGE_EXTENSIONS)}) or its .json")
+    return image
+
+
+def image_bucket(image: bytes, table: BucketTable, where: str) -> int:
+    """The bucket nearest the image's aspect ratio and size, read from its header only."""
+    try:
+        with Image.open(io.BytesIO(image)) as im:
+            w, h = im.size
+    except OSError as err:
+        raise UserError(f"{where}: unreadable image ({err})") from None
+    return table.nearest(h, w).index

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image
 
-from lensgen.data.shapes.evalset import GENEVAL_TASKS, TASKS, load_prompts
-from lensgen.data.shapes.judge import Detection, detect
-from lensgen.data.shapes.ocr import text_similarity
-from lensgen.data.shapes.prompt import PromptSpec
-from lensgen.data.shapes.relations import relative_position
+from lensgen.shapes.evalset import GENEVAL_TASKS, TASKS, load_prompts
+from lensgen.shapes.judge import Detection, detect
+from lensgen.shapes.ocr import text_similarity
+from lensgen.shapes.prompt import PromptSpec
+from lensgen.shapes.relations import relative_position
 
 Generate = Callable[[list[str], list[int]], list[Image.Image]]
 
@@ -137,8 +137,8 @@ def format_table(result: ShapesEvalResult, title: str = "ShapesEval") -> str:
 
 def ground_truth_generator(specs: list[PromptSpec], height: int, width: int) -> Generate:
     """Render each prompt's own scene: the judge's ceiling."""
-    from lensgen.data.shapes.groundtruth import scene_for_prompt
-    from lensgen.data.shapes.render import render
+    from lensgen.shapes.groundtruth import scene_for_prompt
+    from lensgen.shapes.render import render
 
     by_prompt = {s.prompt: s for s in specs}
 
@@ -154,8 +154,7 @@ def codec_round_trip(generate: Generate, codec) -> Generate:
     latent space can reach (its reconstruction loss is charged to the score)."""
     import torch
 
-    from lensgen.pipeline import to_pil
-    from lensgen.train.data import image_to_tensor
+    from lensgen.images import image_to_tensor, to_pil
 
     def round_trip(prompts: list[str], seeds: list[int]) -> list[Image.Image]:
         images = torch.stack([image_to_tensor(im) for im in generate(prompts, seeds)])

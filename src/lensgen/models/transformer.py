@@ -45,6 +45,10 @@ class LensTransformerConfig:
     axes_dims_rope: tuple[int, int, int] = (8, 28, 28)
     rope_theta: float = 10000.0
     mlp_hidden_dim: int | None = None  # default int(width * 8 / 3): 4096 at width 1536
+    qk_norm_eps: float = 1e-6  # eps of the QK-norm RMSNorms (norm_q, norm_k, norm_added_q, norm_added_k)
+    # the fp32 rounding order of the timestep sinusoid's angles: the released model's, or the other one
+    # (the shipped Shapes model was trained with it; see TIMESTEP_ANGLE_ORDERS)
+    timestep_angle_order: str = "(sigma*freqs)*1000"
 
     @property
     def width(self) -> int:
@@ -59,6 +63,9 @@ class LensTransformerConfig:
         return len(self.selected_layer_index)
 
     def validate(self) -> None:
+        if self.timestep_angle_order not in TIMESTEP_ANGLE_ORDERS:
+            raise ValueError(f"timestep_angle_order must be one of {', '.join(TIMESTEP_ANGLE_ORDERS)}, got "
+                             f"{self.timestep_angle_order!r}")
         if sum(self.axes_dims_rope) != self.attention_head_dim:
             raise ValueError(f"axes_dims_rope {self.axes_dims_rope} must sum to attention_head_dim "
                              f"{self.attention_head_dim}")
@@ -81,14 +88,20 @@ class LensTransformerConfig:
         return cls(**kwargs)
 
 
+# (sigma * freqs) * 1000 in fp32 is the released model's order; 1000 * sigma first rounds differently.
+TIMESTEP_ANGLE_ORDERS = ("(sigma*freqs)*1000", "(1000*sigma)*freqs")
+
 PRESETS: dict[str, LensTransformerConfig] = {
     # The released Lens model: 4,104,225,152 parameters, GPT-OSS-20B text features, FLUX.2 latents.
     "lens-3.8b": LensTransformerConfig(),
-    # The Shapes world: 8x8 RGB pixel patches (192 channels), MiniLM text features (384 wide, 4 layers).
-    # Sized with benchmarks/transformer_speed.py so CPU training runs at tens of images per second.
+    # The shipped Shapes model: the Shapes VAE's 16-value tokens (4 latent channels, 2x2 patches, 8 px per
+    # token), MiniLM text features (384 wide, blocks 1-4), 6 blocks of width 256 (15M parameters). Sized with
+    # benchmarks/transformer_speed.py so CPU training runs at tens of images per second. It was trained with
+    # QK-norm eps 1e-5 and the other sinusoid order, so it keeps them.
     "shapes-tiny": LensTransformerConfig(
-        num_layers=6, num_attention_heads=4, attention_head_dim=64, patch_size=8, out_channels=3,
-        in_channels=192, enc_hidden_dim=384, selected_layer_index=(1, 2, 3, 4), mlp_hidden_dim=None,
+        num_layers=6, num_attention_heads=4, attention_head_dim=64, patch_size=2, out_channels=4,
+        in_channels=16, enc_hidden_dim=384, selected_layer_index=(1, 2, 3, 4), mlp_hidden_dim=None,
+        qk_norm_eps=1e-5, timestep_angle_order="(1000*sigma)*freqs",
     ),
 }
 
@@ -99,11 +112,25 @@ def preset(name: str) -> LensTransformerConfig:
     return LensTransformerConfig(**asdict(PRESETS[name]))
 
 
-def timestep_sinusoid(sigma: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
-    """sigma (B,) in [0, 1] -> (B, dim) [cos | sin] features of 1000*sigma."""
+def timestep_angles(sigma: torch.Tensor, dim: int = 256, max_period: float = 10000.0,
+                    order: str = TIMESTEP_ANGLE_ORDERS[0]) -> torch.Tensor:
+    """(B, dim/2) fp32 angles 1000 * sigma * freqs, freqs = max_period^(-i / (dim/2)).
+
+    `order` is the rounding order of that product: the released model computes (sigma * freqs) * 1000,
+    which differs from (1000 * sigma) * freqs in the last bits, visibly so in cos/sin of large angles."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=sigma.device) / half)
-    args = 1000.0 * sigma.float()[:, None] * freqs[None]
+    if order == "(sigma*freqs)*1000":
+        return (sigma.float()[:, None] * freqs[None]) * 1000.0
+    if order == "(1000*sigma)*freqs":
+        return (1000.0 * sigma.float())[:, None] * freqs[None]
+    raise ValueError(f"unknown timestep angle order {order!r}; expected one of {TIMESTEP_ANGLE_ORDERS}")
+
+
+def timestep_sinusoid(sigma: torch.Tensor, dim: int = 256, max_period: float = 10000.0,
+                      order: str = TIMESTEP_ANGLE_ORDERS[0]) -> torch.Tensor:
+    """sigma (B,) in [0, 1] -> (B, dim) [cos | sin] of `timestep_angles`."""
+    args = timestep_angles(sigma, dim, max_period, order)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
@@ -120,12 +147,13 @@ class TimestepEmbedder(nn.Module):
 class TimeEmbedding(nn.Module):
     """`time_text_embed`: sigma -> sinusoid -> MLP. Lens has no pooled text and no guidance embedding."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, angle_order: str = TIMESTEP_ANGLE_ORDERS[0]):
         super().__init__()
+        self.angle_order = angle_order
         self.timestep_embedder = TimestepEmbedder(width)
 
     def forward(self, sigma: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return self.timestep_embedder(timestep_sinusoid(sigma).to(dtype))
+        return self.timestep_embedder(timestep_sinusoid(sigma, order=self.angle_order).to(dtype))
 
 
 class SwiGLU(nn.Module):
@@ -142,16 +170,16 @@ class SwiGLU(nn.Module):
 class JointAttention(nn.Module):
     """Fused QKV per stream, RMSNorm QK-norm per stream, one attention over [image; text] tokens."""
 
-    def __init__(self, width: int, heads: int, head_dim: int):
+    def __init__(self, width: int, heads: int, head_dim: int, qk_norm_eps: float = 1e-6):
         super().__init__()
         self.heads, self.head_dim = heads, head_dim
         inner = heads * head_dim
         self.img_qkv = nn.Linear(width, 3 * inner)
         self.txt_qkv = nn.Linear(width, 3 * inner)
-        self.norm_q = nn.RMSNorm(head_dim, eps=1e-5)
-        self.norm_k = nn.RMSNorm(head_dim, eps=1e-5)
-        self.norm_added_q = nn.RMSNorm(head_dim, eps=1e-5)
-        self.norm_added_k = nn.RMSNorm(head_dim, eps=1e-5)
+        self.norm_q = nn.RMSNorm(head_dim, eps=qk_norm_eps)
+        self.norm_k = nn.RMSNorm(head_dim, eps=qk_norm_eps)
+        self.norm_added_q = nn.RMSNorm(head_dim, eps=qk_norm_eps)
+        self.norm_added_k = nn.RMSNorm(head_dim, eps=qk_norm_eps)
         self.to_out = nn.ModuleList([nn.Linear(inner, width), nn.Identity()])  # released key: to_out.0
         self.to_add_out = nn.Linear(inner, width)
 
@@ -186,7 +214,7 @@ class LensBlock(nn.Module):
         self.txt_mod = nn.Sequential(nn.SiLU(), nn.Linear(w, 6 * w))
         self.img_norm1, self.img_norm2 = nn.RMSNorm(w, eps=1e-6), nn.RMSNorm(w, eps=1e-6)
         self.txt_norm1, self.txt_norm2 = nn.RMSNorm(w, eps=1e-6), nn.RMSNorm(w, eps=1e-6)
-        self.attn = JointAttention(w, cfg.num_attention_heads, cfg.attention_head_dim)
+        self.attn = JointAttention(w, cfg.num_attention_heads, cfg.attention_head_dim, cfg.qk_norm_eps)
         self.img_mlp = SwiGLU(w, cfg.mlp_dim)
         self.txt_mlp = SwiGLU(w, cfg.mlp_dim)
 
@@ -243,7 +271,7 @@ class LensTransformer2DModel(nn.Module):
         config.validate()
         self.config = config
         w = config.width
-        self.time_text_embed = TimeEmbedding(w)
+        self.time_text_embed = TimeEmbedding(w, config.timestep_angle_order)
         self.txt_norm = nn.ModuleList(nn.RMSNorm(config.enc_hidden_dim, eps=1e-5)
                                       for _ in range(config.num_text_layers))
         self.txt_in = nn.Linear(config.enc_hidden_dim * config.num_text_layers, w)

@@ -3,8 +3,9 @@
 - `Flux2VAECodec`: the FLUX.2 VAE (diffusers' `AutoencoderKLFlux2`, 32 latent channels, 8x down), 2x2
   patchified to 128 channels and normalised with the VAE's BatchNorm running statistics, exactly as diffusers'
   Flux2 pipeline does (`_patchify_latents`, then `(x - running_mean) / sqrt(running_var + batch_norm_eps)`).
-- `PixelCodec`: the Shapes world's latent space: pixels in [-1, 1], space-to-depth with 8x8 patches
-  (192 channels). Lossless and free; docs/text_and_latents.md says why it is the honest choice there.
+  Without a `path` it is the small Shapes VAE shipped with the Shapes model (`lensgen train-vae`).
+- `PixelCodec`: pixels in [-1, 1] as latents, space-to-depth with p x p patches (3p^2 channels). Lossless
+  and free of weights: quick tests and experiments; no shipped model uses it.
 
 Token grids are (B, C_tok, H / f, W / f) float32, f = `spatial_factor` pixels per token side.
 """
@@ -23,6 +24,8 @@ from lensgen.errors import UserError
 from lensgen.io import atomic_write_json
 
 CONFIG_NAME = "lensgen_codec.json"
+# The Shapes VAE (`lensgen train-vae`) shipped with the Shapes model: a flux2-vae codec without a path.
+SHAPES_VAE_DIR = Path(__file__).parents[1] / "assets" / "shapes-tiny" / "vae"
 
 
 def patchify(x: torch.Tensor, p: int = 2) -> torch.Tensor:
@@ -214,10 +217,8 @@ def build_codec(config: dict, device=None, dtype=None) -> LatentCodec:
     if backend == "pixel":
         codec = PixelCodec(config.get("patch_size", 8))
         return codec.to(device) if device is not None else codec
-    if not config.get("path"):
-        raise UserError("the flux2-vae codec needs `path`: a local diffusers AutoencoderKLFlux2 folder")
-    return Flux2VAECodec.from_folder(config["path"], sample=bool(config.get("sample", False)), device=device,
-                                     dtype=dtype)
+    path = config.get("path") or SHAPES_VAE_DIR  # no path: the Shapes VAE shipped in the package
+    return Flux2VAECodec.from_folder(path, sample=bool(config.get("sample", False)), device=device, dtype=dtype)
 
 
 def load_codec(directory: str | os.PathLike, device=None, dtype=None) -> LatentCodec:
@@ -246,5 +247,5 @@ def load_codec(directory: str | os.PathLike, device=None, dtype=None) -> LatentC
     raise UserError(f"{directory} holds no codec: expected {CONFIG_NAME} or a diffusers config.json")
 
 
-__all__ = ["CONFIG_NAME", "Flux2VAECodec", "LatentCodec", "PixelCodec", "build_codec", "flux2_spatial_factor",
+__all__ = ["CONFIG_NAME", "SHAPES_VAE_DIR", "Flux2VAECodec", "LatentCodec", "PixelCodec", "build_codec", "flux2_spatial_factor",
            "load_codec", "patchify", "unpatchify"]

@@ -25,24 +25,22 @@ from lensgen.io import atomic_write_json, atomic_write_text
 from lensgen.train.parallel import DistInfo, barrier
 
 
-def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """The global generators' states (the trainer's own draws are seeded per step and need none)."""
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "python": random.getstate(),
         "numpy": np.random.get_state(),
-        "generators": {k: g.get_state() for k, g in generators.items()},
     }
 
 
-def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    for k, g in generators.items():
-        g.set_state(state["generators"][k])
 
 
 def _app_state(model, optimizer, ema) -> dict[str, Any]:
@@ -50,8 +48,8 @@ def _app_state(model, optimizer, ema) -> dict[str, Any]:
     return {"model": model_sd, "optim": optim_sd, "ema": ema.state_dict()}
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, ema, meta: dict, generators: dict,
-                    info: DistInfo, keep: int = 2, rank_meta: dict | None = None) -> Path:
+def save_checkpoint(root: Path, step: int, model, optimizer, ema, meta: dict, info: DistInfo, keep: int = 2,
+                    rank_meta: dict | None = None) -> Path:
     """`meta` is written once (by rank 0); `rank_meta` by every rank, and wins over `meta` at load."""
     root = Path(root)
     final = root / f"step-{step:08d}"
@@ -61,7 +59,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, ema, meta: dict, ge
         tmp.mkdir(parents=True)
     barrier(info)
     dcp.save(_app_state(model, optimizer, ema), checkpoint_id=str(tmp))
-    torch.save(rng_state(generators), tmp / f"rng-rank{info.rank}.pt")
+    torch.save(rng_state(), tmp / f"rng-rank{info.rank}.pt")
     if rank_meta is not None:
         atomic_write_json(tmp / f"rank{info.rank}.json", rank_meta)
     barrier(info)
@@ -84,7 +82,7 @@ def latest_checkpoint(root: Path) -> Path | None:
     return path if (path / "meta.json").is_file() else None
 
 
-def load_checkpoint(path: Path, model, optimizer, ema, generators: dict, info: DistInfo) -> dict:
+def load_checkpoint(path: Path, model, optimizer, ema, info: DistInfo) -> dict:
     """Restore everything in place; returns meta (step, this rank's sampler state, ...)."""
     state = _app_state(model, optimizer, ema)
     dcp.load(state, checkpoint_id=str(path))
@@ -92,7 +90,7 @@ def load_checkpoint(path: Path, model, optimizer, ema, generators: dict, info: D
     ema.load_state_dict(state["ema"])
     rng_file = Path(path) / f"rng-rank{info.rank}.pt"
     if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False), generators)
+        set_rng_state(torch.load(rng_file, weights_only=False))
     meta = json.loads((Path(path) / "meta.json").read_text())
     rank_file = Path(path) / f"rank{info.rank}.json"
     if rank_file.is_file():

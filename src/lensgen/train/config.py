@@ -13,9 +13,8 @@ from typing import Any
 
 import yaml
 
+from lensgen.config import from_mapping, read_yaml
 from lensgen.errors import UserError
-from lensgen.flow.prediction import PREDICTIONS
-from lensgen.typed_config import from_mapping, read_yaml
 
 
 @dataclass
@@ -23,9 +22,9 @@ class ModelConfig:
     preset: str = "shapes-tiny"  # transformer preset (lensgen.models.transformer.PRESETS)
     overrides: dict = field(default_factory=dict)  # LensTransformerConfig fields to change
     text_encoder: dict = field(default_factory=lambda: {"backend": "minilm"})  # blocks 1-4, up to 256 tokens
-    codec: dict = field(default_factory=lambda: {"backend": "pixel", "patch_size": 8})
+    # the latent codec; a flux2-vae without `path` is the Shapes VAE shipped in the package
+    codec: dict = field(default_factory=lambda: {"backend": "flux2-vae"})
     init_from: str | None = None  # a pipeline folder whose transformer weights start the run
-    prediction: str = "v"  # network output: "v" (velocity, Lens) | "x" (clean image: pixel codecs, JiT)
     guidance: float = 5.0  # CFG scale the exported pipeline samples with by default (and validation images)
 
 
@@ -106,7 +105,6 @@ class TrainConfig:
 
     def validate(self) -> None:
         checks = [
-            (self.model.prediction in PREDICTIONS, "model.prediction", "'v' (velocity) or 'x' (clean image)"),
             (self.model.guidance >= 1, "model.guidance", "a CFG scale >= 1 (1 = no guidance pass)"),
             (self.data.source in ("shapes", "shards", "stream"), "data.source", "'shapes', 'shards' or 'stream'"),
             (self.data.source == "shapes" or bool(self.data.shards), "data.shards",

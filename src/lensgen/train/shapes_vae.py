@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 from lensgen.data.buckets import BucketTable
-from lensgen.data.shapes import generate_scene, render
 from lensgen.errors import UserError
+from lensgen.images import image_to_tensor
 from lensgen.io import atomic_open, atomic_write_json, atomic_write_text
 from lensgen.models.vae import Flux2VAECodec, flux2_spatial_factor, load_codec, patchify
-from lensgen.train.data import image_to_tensor
+from lensgen.shapes import generate_scene, render
 from lensgen.train.trainer import lr_at
 
 # The Shapes VAE: diffusers' AutoencoderKLFlux2, sized for tens of images per second of training on 2 cores.
@@ -226,8 +226,8 @@ class VAETrainer:
 def reconstruction_report(codec, n: int, seed: int = 0, size: int = 64) -> dict:
     """How faithful `codec` is on `n` Shapes scenes from the whole world (held-out ones included): PSNR of the
     round trip, and the share of images where the judge reads back the same (colour, shape) counts."""
-    from lensgen.data.shapes.judge import detect
-    from lensgen.pipeline import to_pil
+    from lensgen.images import to_pil
+    from lensgen.shapes.judge import detect
 
     psnrs, same = [], 0
     for start in range(0, n, 16):

@@ -88,4 +88,10 @@ class CachedTextEncoder:
         return TextFeatures(features.to(self.encoder.device), mask.to(self.encoder.device))
 
 
-__all__ = ["CachedTextEncoder"]
+def text_features(encoder: TextEncoder, cache: str | None) -> TextEncoder | CachedTextEncoder:
+    """What a training loop encodes prompts with: the encoder itself (cache None), or a cache in front of it
+    ("" keeps features in memory only, a folder also on disk)."""
+    return encoder if cache is None else CachedTextEncoder(encoder, cache or None)
+
+
+__all__ = ["CachedTextEncoder", "text_features"]

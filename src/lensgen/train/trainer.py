@@ -15,18 +15,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from lensgen.data.bucket_sampler import MixedResolutionSampler
 from lensgen.data.buckets import BucketTable
-from lensgen.flow.prediction import velocity
+from lensgen.data.sources import BatchSource, build_batch_source, pick_caption
 from lensgen.io import atomic_write_json, atomic_write_text
 from lensgen.models.text_encoder import TextFeatures, build_text_encoder
 from lensgen.models.transformer import LensTransformer2DModel, LensTransformerConfig, preset
 from lensgen.models.vae import build_codec
 from lensgen.train import checkpoint as ckpt
-from lensgen.train.config import TrainConfig, config_to_dict
-from lensgen.train.data import ShapesSource, ShardSource, TokenBatch, collate, pick_caption
+from lensgen.train.batch import TokenBatch, collate
+from lensgen.train.config import ModelConfig, OptimConfig, SystemConfig, TrainConfig, config_to_dict
 from lensgen.train.ema import EMA
 from lensgen.train.objective import SigmaSampling, masked_mse, noisy_input
 from lensgen.train.parallel import (
@@ -39,8 +39,7 @@ from lensgen.train.parallel import (
     init_distributed,
 )
 from lensgen.train.prefetch import Prefetcher
-from lensgen.train.shard_stream import ShardStream
-from lensgen.train.text_cache import CachedTextEncoder
+from lensgen.train.text_cache import text_features
 
 VAL_SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -63,9 +62,10 @@ def lr_at(step: int, cfg) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def transformer_config(cfg: TrainConfig) -> LensTransformerConfig:
-    base = preset(cfg.model.preset)
-    overrides = dict(cfg.model.overrides)
+def transformer_config(model: ModelConfig) -> LensTransformerConfig:
+    """The preset named by the config with its overrides applied."""
+    base = preset(model.preset)
+    overrides = dict(model.overrides)
     for key in ("selected_layer_index", "axes_dims_rope"):
         if key in overrides:
             overrides[key] = tuple(overrides[key])
@@ -77,7 +77,42 @@ def transformer_config(cfg: TrainConfig) -> LensTransformerConfig:
         raise UserError(f"config field model.overrides: {err}") from None
 
 
+def build_transformer(model: ModelConfig) -> LensTransformer2DModel:
+    """The transformer to train: the preset with its overrides, or a pipeline folder's weights (init_from)."""
+    if model.init_from:
+        return LensTransformer2DModel.from_pretrained(Path(model.init_from) / "transformer")
+    return LensTransformer2DModel(transformer_config(model))
+
+
+def parallelize(model: LensTransformer2DModel, system: SystemConfig, info: DistInfo, bf16: bool) -> bool:
+    """Activation checkpointing, per-block compile and FSDP2, applied in place. Returns whether FSDP shards it."""
+    use_fsdp = system.fsdp is True or (system.fsdp == "auto" and info.distributed)
+    if system.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if system.compile:
+        apply_compile(model)
+    if use_fsdp:
+        apply_fsdp(model, torch.bfloat16 if bf16 else None)
+    return use_fsdp
+
+
+def build_optimizer(model: nn.Module, o: OptimConfig, cuda: bool) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
+                             fused=cuda or None)
+
+
+def build_source(cfg: TrainConfig, patch: int, info: DistInfo) -> BatchSource:
+    """This rank's training batches, as the data section says."""
+    d, o = cfg.data, cfg.optim
+    table = BucketTable(bases=tuple(d.bases), multiple=d.multiple)
+    return build_batch_source(d.source, table, o.batch_size, patch, seed=o.seed, rank=info.rank,
+                              world_size=info.world_size, mode=d.sampler, shards=d.shards,
+                              num_items=d.num_items, shuffle_buffer=d.shuffle_buffer)
+
+
 class Trainer:
+    """One pretraining run: built top to bottom from the config, then `run()`."""
+
     def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True):
         self.cfg = config
         self.info: DistInfo = init_distributed(config.system.device)
@@ -87,81 +122,52 @@ class Trainer:
         self.progress = progress and self.info.is_main
         self.device = self.info.device
         cuda = self.device.type == "cuda"
-        precision = config.system.precision
-        self.bf16 = precision == "bf16" or (precision == "auto" and cuda)
+        self.bf16 = config.system.precision == "bf16" or (config.system.precision == "auto" and cuda)
         torch.manual_seed(config.optim.seed)
 
-        # frozen encoders
         frozen_dtype = torch.bfloat16 if self.bf16 else torch.float32
         self.text_encoder = build_text_encoder(config.model.text_encoder, device=self.device, dtype=frozen_dtype)
-        # what the loop encodes prompts with: the encoder itself, or a cache in front of it
-        self.text = CachedTextEncoder(self.text_encoder, config.data.text_cache or None) \
-            if config.data.text_cache is not None else self.text_encoder
+        self.text = text_features(self.text_encoder, config.data.text_cache)
         self.codec = build_codec(config.model.codec, device=self.device)
-        # the model
-        tcfg = transformer_config(config)
-        if config.model.init_from:
-            self.model = LensTransformer2DModel.from_pretrained(Path(config.model.init_from) / "transformer")
-            tcfg = self.model.config
-        else:
-            self.model = LensTransformer2DModel(tcfg)
-        self.model.to(self.device).train()
-        self.ema = EMA(self.model, config.optim.ema_decay)
-        use_fsdp = config.system.fsdp is True or (config.system.fsdp == "auto" and self.info.distributed)
-        if config.system.activation_checkpointing:
-            apply_activation_checkpointing(self.model)
-        if config.system.compile:
-            apply_compile(self.model)
-        if use_fsdp:
-            apply_fsdp(self.model, torch.bfloat16 if self.bf16 else None)
-            self.ema = EMA(self.model, config.optim.ema_decay)  # shards like the model
+        self.model = build_transformer(config.model).to(self.device).train()
+        use_fsdp = parallelize(self.model, config.system, self.info, self.bf16)
+        self.ema = EMA(self.model, config.optim.ema_decay)  # after FSDP: each rank averages its own shards
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
                          if self.bf16 and not use_fsdp else nullcontext())
-        o = config.optim
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas),
-                                           weight_decay=o.weight_decay, fused=cuda or None)
-        self.sigmas = SigmaSampling(o.logit_mean, o.logit_std, o.sigma_shift)
+        self.optimizer = build_optimizer(self.model, config.optim, cuda)
+        self.sigmas = SigmaSampling(config.optim.logit_mean, config.optim.logit_std, config.optim.sigma_shift)
 
-        # data
+        self.source = build_source(config, self.codec.spatial_factor, self.info)
         self.table = BucketTable(bases=tuple(config.data.bases), multiple=config.data.multiple)
-        if config.data.source == "stream":
-            # too many samples to index: the stream reads shards in order and batches them itself
-            self.source = self.sampler = ShardStream(
-                config.data.shards, self.table, o.batch_size, self.codec.spatial_factor, seed=o.seed,
-                rank=self.info.rank, world_size=self.info.world_size, mode=config.data.sampler,
-                shuffle_buffer=config.data.shuffle_buffer)
-        else:
-            if config.data.source == "shapes":
-                self.source = ShapesSource(self.table, config.data.num_items, seed=o.seed)
-            else:
-                self.source = ShardSource(config.data.shards, self.table)
-            bucket_tokens = [b.tokens(self.codec.spatial_factor) for b in self.table]
-            self.sampler = MixedResolutionSampler(
-                [self.source.bucket_of(i) for i in range(len(self.source))], bucket_tokens, o.batch_size,
-                seed=o.seed, rank=self.info.rank, world_size=self.info.world_size, mode=config.data.sampler,
-                bucket_class=[b.index // self.table.num_ratios for b in self.table])
-        self.batches = iter(self.sampler)
         self.step = 0
         self.ckpt_root = self.out / "checkpoints"
         if resume:
-            latest = ckpt.latest_checkpoint(self.ckpt_root)
-            if latest is not None:
-                meta = ckpt.load_checkpoint(latest, self.model, self.optimizer, self.ema, {}, self.info)
-                self.step = meta["step"]
-                self.sampler.load_state_dict(meta["sampler"])
-                self.batches = iter(self.sampler)
-                if self.info.is_main:
-                    print(f"resumed from {latest} at step {self.step}")
-                    self._truncate_metrics()
-        self.sampler_state = self.sampler.state_dict()  # as of the last batch trained on
+            self._resume()
+        self.batches = iter(self.source)
+        self.sampler_state = self.source.state_dict()  # as of the last batch trained on
         prefetch = config.system.prefetch is True or (config.system.prefetch == "auto" and cuda)
         self.prefetcher = Prefetcher(self._prepare, self._next_key, enabled=prefetch)
         self.val_batch = self._validation_batch() if config.log.val_every else None
-        self.writer = None
-        if self.info.is_main and config.log.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        self.writer = self._tensorboard()
 
-            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+    def _resume(self) -> None:
+        """Continue from the latest checkpoint, if there is one: weights, optimiser, EMA, step, data position."""
+        latest = ckpt.latest_checkpoint(self.ckpt_root)
+        if latest is None:
+            return
+        meta = ckpt.load_checkpoint(latest, self.model, self.optimizer, self.ema, self.info)
+        self.step = meta["step"]
+        self.source.load_state_dict(meta["sampler"])
+        if self.info.is_main:
+            print(f"resumed from {latest} at step {self.step}")
+            self._truncate_metrics()
+
+    def _tensorboard(self):
+        if not (self.info.is_main and self.cfg.log.tensorboard):
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.out / "tensorboard"))
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines of steps after the checkpoint (a killed run logged them; they will be redone)."""
@@ -205,15 +211,14 @@ class Trainer:
         with self.autocast:
             out = self.model(x_t, text.features.to(self.device), sigma.to(self.device), batch.sizes,
                              text.mask.to(self.device))
-        pred = velocity(out.float(), x_t.float(), sigma.to(self.device), self.cfg.model.prediction)
         mask = batch.token_mask.to(self.device) if batch.token_mask is not None else None
-        return masked_mse(pred, target, mask)
+        return masked_mse(out.float(), target, mask)
 
     def _prepare(self, key: tuple[int, int]) -> PreparedBatch:
         """Draw, load and text-encode the batch of (step, micro-step); may run in the prefetch thread."""
         step, micro = key
         indices = next(self.batches)
-        sampler_state = self.sampler.state_dict()  # right after this batch: what a checkpoint must hold
+        sampler_state = self.source.state_dict()  # right after this batch: what a checkpoint must hold
         rng = random.Random(f"step-{self._draw_key(step, micro)}")
         batch = self._items(indices, rng)
         return PreparedBatch(batch, self.text.encode(batch.prompts), indices, sampler_state)
@@ -238,7 +243,7 @@ class Trainer:
             prepared = self.prefetcher.get((self.step, micro))
             batch, text, indices = prepared.batch, prepared.text, prepared.indices
             self.sampler_state = prepared.sampler_state
-            waste.append(self.sampler.padding_waste(indices))
+            waste.append(self.source.padding_waste(indices))
             tokens_per_sample = torch.tensor([h * w for h, w in batch.sizes])
             sigma = self.sigmas.sample(tokens_per_sample, gen)
             noise = torch.randn(batch.tokens.shape, generator=gen)
@@ -325,8 +330,7 @@ class Trainer:
 
     def save(self) -> None:
         meta = {"sampler": self.sampler_state, "config": config_to_dict(self.cfg)}
-        ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, self.ema, meta, {},
-                             self.info, keep=self.cfg.checkpoint.keep, rank_meta={"sampler": self.sampler_state})
+        ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, self.ema, meta, self.info, keep=self.cfg.checkpoint.keep, rank_meta={"sampler": self.sampler_state})
 
     def ema_model(self) -> LensTransformer2DModel | None:
         """An unsharded copy of the model holding the EMA weights (on rank 0; a collective under FSDP)."""
@@ -344,18 +348,17 @@ class Trainer:
         return "train" if shift == "flux2" else 0.0 if shift == "none" else float(shift)
 
     def pipeline_defaults(self):
-        """Sampler settings of this run's model: the middle size class, 20 steps, its CFG, shift and output."""
-        from lensgen.pipeline import PipelineDefaults
+        """Sampler settings of this run's model: the middle size class, 20 steps, its CFG and shift."""
+        from lensgen.inference.pipeline import PipelineDefaults
 
         mid = self.cfg.data.bases[len(self.cfg.data.bases) // 2]
         return PipelineDefaults(height=mid, width=mid, steps=20, cfg=self.cfg.model.guidance,
                                 schedule=self.sampling_schedule(),
-                                prediction=self.cfg.model.prediction,
                                 max_side=2 * max(max(b.height, b.width) for b in self.table))
 
     def export(self, directory: Path) -> Path | None:
         """The EMA weights as a `LensPipeline` folder that `lensgen generate --model` loads."""
-        from lensgen.pipeline import LensPipeline
+        from lensgen.inference.pipeline import LensPipeline
 
         model = self.ema_model()
         if model is None:
@@ -371,7 +374,7 @@ class Trainer:
         model = self.ema_model()
         if model is None or self.writer is None:
             return
-        from lensgen.pipeline import LensPipeline
+        from lensgen.inference.pipeline import LensPipeline
 
         pipe = LensPipeline(model.to(self.device), self.codec, self.text_encoder, self.pipeline_defaults())
         images = pipe(self.cfg.log.val_prompts, seed=list(range(len(self.cfg.log.val_prompts))), output_type="pt")

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lensgen.config import from_mapping, read_yaml
 from lensgen.errors import UserError
-from lensgen.typed_config import from_mapping, read_yaml
 
 
 @dataclass

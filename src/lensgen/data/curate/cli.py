@@ -66,10 +66,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 0
     if not (out / "run.json").is_file():
         raise UserError(f"{out} is not a curation or captioning output (no run.json, no captions/)")
+    from lensgen.config import from_mapping
     from lensgen.data.curate.config import CurateConfig
     from lensgen.data.curate.steps import plan_steps
     from lensgen.data.curate.summary import format_table, summarize
-    from lensgen.typed_config import from_mapping
 
     run = json.loads((out / "run.json").read_text())
     config = from_mapping(CurateConfig, run["config"], str(out / "run.json"))

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lensgen.config import from_mapping, read_yaml
 from lensgen.errors import UserError
-from lensgen.typed_config import from_mapping, read_yaml
 
 NUDENET_EXPOSED = (
     "FEMALE_BREAST_EXPOSED",

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from lensgen.data.shapes.captions import region
-from lensgen.data.shapes.judge import DetectedObject, Detection, detect
-from lensgen.data.shapes.ocr import text_similarity
-from lensgen.data.shapes.prompt import PromptSpec, parse_prompt
-from lensgen.data.shapes.relations import relation_strength, relative_position
-from lensgen.data.shapes.scene import Scene, object_box
-from lensgen.data.shapes.vocab import NUMBER_WORDS, plural
+from lensgen.shapes.captions import region
+from lensgen.shapes.judge import DetectedObject, Detection, detect
+from lensgen.shapes.ocr import text_similarity
+from lensgen.shapes.prompt import PromptSpec, parse_prompt
+from lensgen.shapes.relations import relation_strength, relative_position
+from lensgen.shapes.scene import Scene, object_box
+from lensgen.shapes.vocab import NUMBER_WORDS, plural
 
 DIMENSIONS = ("attributes", "spatial", "quantity", "interaction", "colour")
 MAX_ITEMS = 10
@@ -87,7 +87,7 @@ def _from_spec(spec: PromptSpec) -> list[RubricItem]:
 
 def _from_scene(scene: Scene) -> list[RubricItem]:
     groups = Counter((o.colour, o.shape) for o in scene.objects)
-    from lensgen.data.shapes.prompt import ObjectReq
+    from lensgen.shapes.prompt import ObjectReq
 
     spec = PromptSpec([ObjectReq(s, c, n) for (c, s), n in groups.items()], text=scene.sign.word if scene.sign else None)
     items = _from_spec(spec)

@@ -22,10 +22,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from lensgen.data.shapes.geometry import polygon_area_centroid, unit_outline
-from lensgen.data.shapes.scene import Background, ObjectSpec, Scene
-from lensgen.data.shapes.shapefit import classify
-from lensgen.data.shapes.vocab import COLOUR_NAMES, COLOURS
+from lensgen.shapes.geometry import polygon_area_centroid, unit_outline
+from lensgen.shapes.scene import Background, ObjectSpec, Scene
+from lensgen.shapes.shapefit import classify
+from lensgen.shapes.vocab import COLOUR_NAMES, COLOURS
 
 FG_THRESHOLD = 40.0  # RGB distance from the background surface that makes a pixel foreground
 CORE_DISTANCE = 60.0  # a real object has a solid core well beyond the threshold (every colour is >= 80 away)
@@ -211,6 +211,6 @@ def detect(image: Image.Image | np.ndarray, ocr: bool = False) -> Detection:
 
 
 def _read(image, box) -> str:
-    from lensgen.data.shapes.ocr import read_text
+    from lensgen.shapes.ocr import read_text
 
     return read_text(image, box)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from lensgen.data.shapes.prompt import PromptSpec
-from lensgen.data.shapes.relations import relation_vector
-from lensgen.data.shapes.scene import (
+from lensgen.shapes.prompt import PromptSpec
+from lensgen.shapes.relations import relation_vector
+from lensgen.shapes.scene import (
     RADIUS_RANGE,
     Background,
     Scene,
@@ -19,7 +19,7 @@ from lensgen.data.shapes.scene import (
     place,
     random_background,
 )
-from lensgen.data.shapes.vocab import COLOUR_NAMES
+from lensgen.shapes.vocab import COLOUR_NAMES
 
 
 def _relation_clear(scene: Scene, spec: PromptSpec, margin: float = 0.7) -> bool:

@@ -1,6 +1,6 @@
 """ShapesEval's held-out prompt files: built once from a fixed seed, committed, never used for training.
 
-GenEval's six tasks plus text. `python -m lensgen.data.shapes.evalset --check` rebuilds the files in
+GenEval's six tasks plus text. `python -m lensgen.shapes.evalset --check` rebuilds the files in
 memory and verifies the committed ones match (`--write` rewrites them: only for a new version).
 position, color_attr and text prompts come only from held-out keys (heldout.py), so the training
 generator can never produce their scenes.
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lensgen.data.shapes import heldout
-from lensgen.data.shapes.prompt import PREFIXES, SIGN_FORMS, ObjectReq, PromptSpec, Relation, format_prompt
-from lensgen.data.shapes.vocab import COLOUR_NAMES, SHAPES
 from lensgen.errors import UserError
 from lensgen.io import atomic_write_text
+from lensgen.shapes import heldout
+from lensgen.shapes.prompt import PREFIXES, SIGN_FORMS, ObjectReq, PromptSpec, Relation, format_prompt
+from lensgen.shapes.vocab import COLOUR_NAMES, SHAPES
 
 TASKS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr", "text")
 GENEVAL_TASKS = TASKS[:6]

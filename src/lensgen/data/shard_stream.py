@@ -29,9 +29,8 @@ from PIL import Image
 
 from lensgen.data.bucket_sampler import MODES, padding_waste
 from lensgen.data.buckets import BucketTable, resize_and_center_crop
-from lensgen.data.shards import list_shards
+from lensgen.data.shards import image_bucket, list_shards, sample_captions, sample_image
 from lensgen.errors import UserError
-from lensgen.train.data import image_bucket, sample_captions, sample_image
 
 Member = tuple[str, int, int]  # extension, byte offset of the data in the tar, size
 

@@ -15,22 +15,21 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from lensgen.errors import UserError
-from lensgen.flow.prediction import check_prediction, velocity
 from lensgen.flow.sampler import cfg_velocity_fn, euler_sample
 from lensgen.flow.schedule import sampling_sigmas, schedule_mu
-from lensgen.models.text_encoder import TextEncoder, TextFeatures, build_text_encoder
-from lensgen.models.transformer import LensTransformer2DModel, preset
-from lensgen.models.vae import LatentCodec, PixelCodec, build_codec
+from lensgen.images import to_pil
+from lensgen.models.text_encoder import TextEncoder, TextFeatures
+from lensgen.models.transformer import LensTransformer2DModel
+from lensgen.models.vae import LatentCodec
 from lensgen.sizes import validate_size
 
 MODEL_INDEX = "model_index.json"
 # The Shapes model trained by `lensgen train` and shipped in the package (see its MODEL_CARD.md).
-DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "shapes-tiny"
+DEFAULT_MODEL_DIR = Path(__file__).parents[1] / "assets" / "shapes-tiny"
 
 
 @dataclass
@@ -44,8 +43,6 @@ class PipelineDefaults:
     max_side: int = 1440
     # noise schedule shift: "empirical" (FLUX.2's, for Lens), "train" (the training shift), or a fixed mu
     schedule: str | float = "empirical"
-    # what the transformer outputs: "v" (velocity, Lens) or "x" (clean image; pixel-space Shapes models)
-    prediction: str = "v"
 
     def sampling(self, steps: int | None, cfg: float | None) -> tuple[int, float]:
         """The steps and CFG scale a call samples with: the ones given, else these defaults."""
@@ -59,10 +56,6 @@ class PipelineDefaults:
             schedule_mu(defaults.schedule, 256, defaults.steps)
         except ValueError as err:
             raise UserError(f"{MODEL_INDEX}: lensgen.schedule: {err}") from None
-        try:
-            check_prediction(defaults.prediction)
-        except ValueError as err:
-            raise UserError(f"{MODEL_INDEX}: lensgen.prediction: {err}") from None
         return defaults
 
 
@@ -200,8 +193,7 @@ class LensPipeline:
         mask = text.mask.to(self.device)
 
         def model_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            out = self.transformer(x, features, sigma, grid, mask).float()
-            return velocity(out, x, sigma, self.defaults.prediction)
+            return self.transformer(x, features, sigma, grid, mask).float()
 
         velocity_fn = cfg_velocity_fn(model_fn, cfg) if guided else model_fn
         noise = self.initial_noise(seeds, height, width)
@@ -219,23 +211,4 @@ class LensPipeline:
         return params[0].dtype if params else torch.float32
 
 
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [-1, 1] -> PIL RGB images."""
-    arrays = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(np.ascontiguousarray(a)) for a in arrays]
-
-
-SHAPES_TEXT_ENCODER = {"backend": "minilm"}  # blocks 1-4 of all-MiniLM-L6-v2 (docs/text_and_latents.md)
-
-
-def build_shapes_pipeline(seed: int = 0) -> LensPipeline:
-    """The Shapes-world pipeline with freshly initialised (untrained) transformer weights."""
-    torch.manual_seed(seed)
-    transformer = LensTransformer2DModel(preset("shapes-tiny"))
-    text_encoder = build_text_encoder(SHAPES_TEXT_ENCODER)
-    codec = PixelCodec(patch_size=transformer.config.patch_size)
-    defaults = PipelineDefaults(height=64, width=64, steps=20, cfg=5.0, max_side=256)
-    return LensPipeline(transformer, codec, text_encoder, defaults, name="shapes-tiny (untrained)")
-
-
-__all__ = ["LensPipeline", "PipelineDefaults", "build_shapes_pipeline", "to_pil", "build_codec"]
+__all__ = ["DEFAULT_MODEL_DIR", "LensPipeline", "PipelineDefaults"]

@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from lensgen.data.shapes.captions import captions
-from lensgen.data.shapes.render import render
-from lensgen.data.shapes.scene import Scene, SceneConfig, generate_scene
 from lensgen.data.shards import shard_path, write_shard
 from lensgen.io import atomic_write_json
+from lensgen.shapes.captions import captions
+from lensgen.shapes.render import render
+from lensgen.shapes.scene import Scene, SceneConfig, generate_scene
 from lensgen.sizes import size_table
 
 SUMMARY = "summary.json"

@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
-from lensgen.data.shapes.vocab import (
+from lensgen.errors import UserError
+from lensgen.shapes.vocab import (
     COLOUR_NAMES,
     NUMBER_WORDS,
     PLURALS,
@@ -23,7 +24,6 @@ from lensgen.data.shapes.vocab import (
     article,
     plural,
 )
-from lensgen.errors import UserError
 
 PREFIXES: tuple[str, ...] = ("a photo of ", "an image of ", "a picture of ", "")
 SIGN_FORMS: tuple[str, ...] = ('a sign that says "{}"', 'a sign with the word "{}"', 'a sign reading "{}"')

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
 def load_pipeline(model: str | None, device: str | None = None):
-    """The pipeline at `model`, or the shipped Shapes model, or (if none ships yet) an untrained one."""
-    from lensgen.pipeline import DEFAULT_MODEL_DIR, LensPipeline, build_shapes_pipeline
+    """The pipeline at `model`, or the shipped Shapes model."""
+    from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, LensPipeline
 
-    if model:
-        return LensPipeline.from_pretrained(model, device=device)
-    if (DEFAULT_MODEL_DIR / "model_index.json").is_file():
-        return LensPipeline.from_pretrained(DEFAULT_MODEL_DIR, device=device)
-    print("lensgen: no trained model ships yet: using an untrained shapes-tiny model (images are noise-like). "
-          "Pass --model DIR to use a trained one.", file=sys.stderr)
-    pipe = build_shapes_pipeline(seed=0)
-    return pipe.to(device) if device else pipe
+    return LensPipeline.from_pretrained(model or DEFAULT_MODEL_DIR, device=device)
 
 
 def png_metadata(**fields):

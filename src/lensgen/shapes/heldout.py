@@ -10,7 +10,8 @@ Rules (a salted SHA-256 of a canonical key, so they are fixed and need no list):
 ShapesEval's text, color_attr and position prompts are drawn only from held-out keys, so no training
 scene is ever that prompt's scene. The small concept spaces (single objects, pairs of shapes, counts,
 single colours) cannot be held out without hiding the concepts themselves; training does see them,
-as GenEval's detector classes are seen in training data.
+as GenEval's detector classes are seen in training data. This module holds the rules on keys;
+`scene.scene_is_heldout` applies them to a whole scene.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 
-from lensgen.data.shapes.relations import relative_position
-from lensgen.data.shapes.vocab import COLOUR_NAMES, RELATIONS, SHAPES, WORDS
+from lensgen.shapes.vocab import COLOUR_NAMES, SHAPES, WORDS
 
 _SALT = "lensgen-shapes-heldout-v1:"
 
@@ -63,19 +63,3 @@ def heldout_pairs() -> list[tuple[tuple[str, str], tuple[str, str]]]:
 def heldout_positions() -> list[tuple[str, str, str]]:
     return [(a, rel, b) for a in SHAPES for b in SHAPES for rel in ("left of", "above")
             if is_heldout_position(a, rel, b)]
-
-
-def scene_is_heldout(scene) -> bool:
-    """True when a scene is (or contains, for words) a ShapesEval scene; the training generator rejects it."""
-    from lensgen.data.shapes.scene import object_box
-
-    if scene.sign is not None and scene.sign.word in HELDOUT_WORDS:
-        return True
-    if len(scene.objects) != 2:
-        return False
-    a, b = scene.objects
-    if is_heldout_pair((a.colour, a.shape), (b.colour, b.shape)):
-        return True
-    h, w = 1000, int(round(1000 * scene.aspect))
-    rels = relative_position(object_box(a, h, w), object_box(b, h, w))
-    return any(is_heldout_position(a.shape, rel, b.shape) for rel in rels if rel in RELATIONS)

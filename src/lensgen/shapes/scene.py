@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from lensgen.data.shapes import font
-from lensgen.data.shapes.geometry import SYMMETRY, outline
-from lensgen.data.shapes.vocab import BACKGROUND_LEVELS, COLOUR_NAMES, SHAPES, WORDS
+from lensgen.shapes import font, heldout
+from lensgen.shapes.geometry import SYMMETRY, outline
+from lensgen.shapes.relations import relative_position
+from lensgen.shapes.vocab import BACKGROUND_LEVELS, COLOUR_NAMES, RELATIONS, SHAPES, WORDS
 
 BACKGROUND_KINDS = ("plain", "gradient", "stripes", "checks", "dots")
 GRADIENT_DIRECTIONS = ("top to bottom", "left to right", "diagonal")
@@ -232,6 +233,20 @@ def _sample_scene(rng: np.random.Generator, aspect: float, cfg: SceneConfig, wor
             raise RuntimeError("cannot place a single object; the canvas is too small for min_radius")
 
 
+def scene_is_heldout(scene) -> bool:
+    """True when a scene is (or contains, for words) a ShapesEval scene; the training generator rejects it."""
+    if scene.sign is not None and scene.sign.word in heldout.HELDOUT_WORDS:
+        return True
+    if len(scene.objects) != 2:
+        return False
+    a, b = scene.objects
+    if heldout.is_heldout_pair((a.colour, a.shape), (b.colour, b.shape)):
+        return True
+    h, w = 1000, int(round(1000 * scene.aspect))
+    rels = relative_position(object_box(a, h, w), object_box(b, h, w))
+    return any(heldout.is_heldout_position(a.shape, rel, b.shape) for rel in rels if rel in RELATIONS)
+
+
 def generate_scene(seed: int | tuple[int, ...] | np.random.Generator, aspect: float = 1.0,
                    config: SceneConfig | None = None, split: str = "train") -> Scene:
     """A random scene, fully determined by `seed` (an int, a tuple of ints, or a Generator) and the rest.
@@ -241,8 +256,6 @@ def generate_scene(seed: int | tuple[int, ...] | np.random.Generator, aspect: fl
     split="train" rejects scenes reserved for ShapesEval (see heldout.py) so nothing leaks into training;
     split="any" draws from the whole world (benchmarks of the judge).
     """
-    from lensgen.data.shapes import heldout
-
     if split not in ("train", "any"):
         raise ValueError(f"split must be 'train' or 'any', got '{split}'")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
@@ -250,5 +263,5 @@ def generate_scene(seed: int | tuple[int, ...] | np.random.Generator, aspect: fl
     words = heldout.TRAIN_WORDS if split == "train" else WORDS
     while True:
         scene = _sample_scene(rng, aspect, cfg, words)
-        if split == "any" or not heldout.scene_is_heldout(scene):
+        if split == "any" or not scene_is_heldout(scene):
             return scene

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lensgen.data.shapes import font
-from lensgen.data.shapes.geometry import outline
-from lensgen.data.shapes.scene import Background, Scene, sign_box, to_pixels
-from lensgen.data.shapes.vocab import COLOURS, SIGN_COLOUR, TEXT_COLOUR
+from lensgen.shapes import font
+from lensgen.shapes.geometry import outline
+from lensgen.shapes.scene import Background, Scene, sign_box, to_pixels
+from lensgen.shapes.vocab import COLOURS, SIGN_COLOUR, TEXT_COLOUR
 
 SUPERSAMPLE = 4
 TEXT_AMPLITUDE = 10.0  # grey levels of a background texture: faint, far below the judge's threshold
@@ -74,8 +74,3 @@ def _draw_sign(scene: Scene, height: int, width: int, s: int, dc: ImageDraw.Imag
     tx = (x0 + x1) / 2 - (bx0 + bx1) / 2
     ty = (y0 + y1) / 2 - (by0 + by1) / 2
     dc.text((tx, ty), sign.word, fill=TEXT_COLOUR, font=f)
-
-
-def object_pixels(scene: Scene, height: int, width: int) -> list[tuple[float, float, float]]:
-    """(cx, cy, radius) in pixels for each object: what a judge should find."""
-    return [to_pixels(o, height, width) for o in scene.objects]

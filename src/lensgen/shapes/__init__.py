@@ -5,10 +5,10 @@ and are read back by `detect` (judge.py); rubrics.py turns a prompt into checkab
 writer.py writes WebDataset shards; ShapesEval lives in lensgen.eval.shapes.
 """
 
-from lensgen.data.shapes.captions import captions, choose_caption, dense_caption, short_caption
-from lensgen.data.shapes.prompt import ObjectReq, PromptSpec, Relation, format_prompt, parse_prompt
-from lensgen.data.shapes.render import render
-from lensgen.data.shapes.scene import ObjectSpec, Scene, SceneConfig, generate_scene
+from lensgen.shapes.captions import captions, choose_caption, dense_caption, short_caption
+from lensgen.shapes.prompt import ObjectReq, PromptSpec, Relation, format_prompt, parse_prompt
+from lensgen.shapes.render import render
+from lensgen.shapes.scene import ObjectSpec, Scene, SceneConfig, generate_scene
 
 __all__ = [
     "ObjectReq", "ObjectSpec", "PromptSpec", "Relation", "Scene", "SceneConfig", "captions", "choose_caption",

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lensgen.data.shapes.geometry import SYMMETRY, outline, polygon_area_centroid
-from lensgen.data.shapes.vocab import SHAPES
+from lensgen.shapes.geometry import SYMMETRY, outline, polygon_area_centroid
+from lensgen.shapes.vocab import SHAPES
 
 GRID = 32
 AREA_SIDE = 13.0  # sqrt(area) of a shape in the canonical frame, in grid pixels

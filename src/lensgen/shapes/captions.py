@@ -11,11 +11,11 @@ from collections import Counter
 
 import numpy as np
 
-from lensgen.data.shapes.geometry import SYMMETRY
-from lensgen.data.shapes.prompt import PREFIXES, SIGN_FORMS, ObjectReq, PromptSpec, Relation, format_prompt
-from lensgen.data.shapes.relations import relative_position
-from lensgen.data.shapes.scene import ObjectSpec, Scene, object_box
-from lensgen.data.shapes.vocab import NUMBER_WORDS, article, plural, size_word
+from lensgen.shapes.geometry import SYMMETRY
+from lensgen.shapes.prompt import PREFIXES, SIGN_FORMS, ObjectReq, PromptSpec, Relation, format_prompt
+from lensgen.shapes.relations import relative_position
+from lensgen.shapes.scene import ObjectSpec, Scene, object_box
+from lensgen.shapes.vocab import NUMBER_WORDS, article, plural, size_word
 
 CAPTION_MODES = ("dense", "short", "mixed")
 _LAYOUT = 1000  # pixels of the layout's short side when measuring boxes
