@@ -109,3 +109,16 @@ def test_generate_cli_errors_are_one_line(tmp_path, capsys):
     code = cli.main(["generate", "x", "--size", "100x64", "-o", str(tmp_path / "o.png"), "-q"])
     assert code == 2
     assert "multiples of 8" in capsys.readouterr().err
+
+
+def test_a_prompt_longer_than_the_encoder_reads_is_warned_about(pipe, tmp_path, capsys):
+    from lensgen.errors import LensgenWarning
+
+    long_prompt = "a red circle above a blue square " * 100
+    with pytest.warns(LensgenWarning, match=r"of \d[\d,]* tokens was cut to the text encoder's 256"):
+        pipe(long_prompt, height=64, width=64, steps=1, seed=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a prompt within the limit warns about nothing
+        pipe("a red circle", height=64, width=64, steps=1, seed=0)

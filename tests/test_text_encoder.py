@@ -11,6 +11,7 @@ import os
 import struct
 
 import pytest
+import quicktok  # the dev extra installs it: without it these tests must fail, not skip
 import torch
 from torch import nn
 
@@ -27,8 +28,6 @@ from lensgen.models.text_encoder import (
     load_text_encoder,
     render_prompt,
 )
-
-quicktok = pytest.importorskip("quicktok")
 
 # A minimal harmony template: system message (identity, knowledge cutoff, today's date, reasoning, channels),
 # a leading system/developer message rendered as "# Instructions", user turns, and a final assistant turn with
@@ -290,6 +289,8 @@ def test_gpt_oss_batch_padding_empty_and_truncation(gpt_oss, monkeypatch):
         torch.testing.assert_close(batch.features[row, :n], single.features[0], atol=1e-5, rtol=1e-5)
         assert batch.features[row, n:].abs().sum() == 0
     assert gpt_oss.encode(["", ""]).mask.shape == (2, 1)  # all empty: one masked token
+    # prompt_tokens counts what encode keeps before truncation, template tail included
+    assert gpt_oss.prompt_tokens(short) == alone[1].length and gpt_oss.prompt_tokens(PROMPT) == alone[0].length
     monkeypatch.setattr(gpt_oss, "max_length", 8)
     out = gpt_oss.encode([PROMPT, short])
     assert out.length == 8 and out.mask[0].all()
@@ -384,6 +385,7 @@ def test_minilm_dense_caption_not_cut_and_empty_rows(minilm):
     assert 110 <= len(DENSE.split()) <= 120 and n_tokens > 128  # 128 tokens would cut it
     out = minilm.encode(["", DENSE, "two stars"])
     assert out.mask.sum(1).tolist() == [0, n_tokens, 4]
+    assert minilm.prompt_tokens(DENSE) == n_tokens and minilm.prompt_tokens(DENSE * 3) > minilm.max_length
     assert out.features[0].abs().sum() == 0 and out.features[2, 4:].abs().sum() == 0
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
-from lensgen.errors import UserError
+from lensgen.errors import LensgenWarning, UserError
 
 # Modules that contribute commands; each defines register(groups: dict[str, argparse._SubParsersAction]).
 COMMAND_MODULES = [
@@ -49,7 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our warnings as one line on stderr; everyone else's as Python prints them."""
+    if issubclass(category, LensgenWarning):
+        print(f"lensgen: warning: {message}", file=file or sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):

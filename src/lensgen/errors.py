@@ -6,3 +6,9 @@ class UserError(Exception):
 
     Say which file or field is wrong and what was expected.
     """
+
+
+class LensgenWarning(UserWarning):
+    """Something the user should know that does not stop the work (a prompt cut to the encoder's length).
+
+    The CLI prints it as one line, `lensgen: warning: ...`."""

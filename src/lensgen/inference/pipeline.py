@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from lensgen.errors import UserError
+from lensgen.errors import LensgenWarning, UserError
 from lensgen.flow.sampler import cfg_velocity_fn, euler_sample
 from lensgen.flow.schedule import sampling_sigmas, schedule_mu
 from lensgen.images import to_pil
@@ -147,8 +148,18 @@ class LensPipeline:
 
     # ---- generation ---------------------------------------------------------------------------
 
+    def warn_truncated(self, prompts: list[str]) -> None:
+        """Warn about every prompt longer than the text encoder reads: the rest of it has no effect."""
+        limit = self.text_encoder.max_length
+        for prompt in dict.fromkeys(prompts):
+            if prompt.strip() and (n := self.text_encoder.prompt_tokens(prompt)) > limit:
+                warnings.warn(f"a prompt of {n:,} tokens was cut to the text encoder's {limit:,}: only its first "
+                              f"{limit:,} tokens ({prompt[:40]!r}...) affect the image", LensgenWarning,
+                              stacklevel=3)
+
     def encode_prompts(self, prompts: list[str], negative_prompt: str, guided: bool) -> TextFeatures:
         """Features for the batch; with guidance, [cond; uncond] stacked (padded to one length)."""
+        self.warn_truncated([*prompts, negative_prompt] if guided else prompts)
         cond = self.text_encoder.encode(prompts)
         if not guided:
             return cond
@@ -200,15 +211,10 @@ class LensPipeline:
         sigmas = sampling_sigmas(steps, grid[0] * grid[1], schedule=self.defaults.schedule)
         tokens = euler_sample(velocity_fn, noise, sigmas, progress=progress)
         latents = tokens.transpose(1, 2).unflatten(2, grid)
-        images = self.codec.decode(latents.to(self.codec_dtype)).float().clamp(-1, 1)
+        images = self.codec.decode(latents.to(self.codec.dtype)).float().clamp(-1, 1)
         if output_type == "pt":
             return images
         return to_pil(images)
-
-    @property
-    def codec_dtype(self) -> torch.dtype:
-        params = list(self.codec.parameters())
-        return params[0].dtype if params else torch.float32
 
 
 __all__ = ["DEFAULT_MODEL_DIR", "LensPipeline", "PipelineDefaults"]

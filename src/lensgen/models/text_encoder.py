@@ -20,13 +20,12 @@ import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 from torch import nn
 
 from lensgen.errors import UserError
-from lensgen.io import atomic_write_json
+from lensgen.models.frozen import FrozenModule, read_component_config
 
 CONFIG_NAME = "lensgen_text_encoder.json"
 
@@ -109,29 +108,13 @@ class _LayerTap:
         return torch.stack([self.outputs[k] for k in self.layers], dim=2)
 
 
-class TextEncoder(nn.Module):
-    """Frozen encoder (no gradients, always in eval mode). Subclasses implement `_encode_batch`."""
+class TextEncoder(FrozenModule):
+    """A frozen text encoder. Subclasses implement `_encode_batch` and `config_dict`."""
 
-    backend: ClassVar[str] = ""
+    config_name = CONFIG_NAME
     hidden_size: int
     num_layers: int
     max_length: int
-
-    def _freeze(self) -> None:
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> TextEncoder:
-        # Stays in eval mode whatever the parent does: dropout would make the features random.
-        return super().train(False)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
 
     def _encode_batch(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Non-empty prompts -> features (n, S, L, D), mask (n, S) bool."""
@@ -156,12 +139,10 @@ class TextEncoder(nn.Module):
             out_mask[keep] = mask
         return TextFeatures(out, out_mask)
 
-    def config_dict(self) -> dict:
+    def prompt_tokens(self, prompt: str) -> int:
+        """How many tokens `prompt` has for this encoder before truncation (chat-template prefix excluded);
+        `encode` keeps at most `max_length` of them."""
         raise NotImplementedError
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write the config JSON only: the weights stay where `path` points (the model folder or the package)."""
-        atomic_write_json(Path(directory) / CONFIG_NAME, self.config_dict())
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device=None, dtype=None) -> TextEncoder:
@@ -234,7 +215,7 @@ class MiniLMTextEncoder(TextEncoder):
         self.hidden_size = self.model.config.hidden_size
         self.num_layers = len(self.layers)
         self.max_length = self.config.max_length
-        self._freeze()
+        self.freeze()
         if device is not None:
             self.to(device)
 
@@ -244,6 +225,9 @@ class MiniLMTextEncoder(TextEncoder):
         with _LayerTap(self.model.encoder.layer, self.layers) as tap:
             self.model(**enc)
         return tap.stacked(), enc["attention_mask"].bool()
+
+    def prompt_tokens(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt, add_special_tokens=True, verbose=False)["input_ids"])
 
     def config_dict(self) -> dict:
         return {"backend": self.backend, **asdict(self.config), "layers": self.layers}
@@ -372,11 +356,15 @@ class HFCausalLMTextEncoder(TextEncoder):
                             f"config says prefix_tokens={config.prefix_tokens} (Lens: {LENS_PREFIX_TOKENS}); set "
                             f"prefix_tokens to null to use the template's count")
         self.prefix_tokens = counted
-        self._freeze()
+        self.freeze()
 
     def render(self, prompt: str) -> str:
         """The text the LM reads for `prompt` (chat template applied)."""
         return render_prompt(self.tokenizer, self.config, prompt)
+
+    def prompt_tokens(self, prompt: str) -> int:
+        ids = self.tokenizer(self.render(prompt), add_special_tokens=True, verbose=False)["input_ids"]
+        return len(ids) - self.prefix_tokens
 
     def _encode_batch(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids = self.tokenizer([self.render(p) for p in prompts], add_special_tokens=True, truncation=True,
@@ -422,10 +410,6 @@ def build_text_encoder(config: dict, device=None, dtype=None) -> TextEncoder:
     raise UserError(f"unknown text encoder backend {backend!r}; expected one of {list(BACKENDS)}")
 
 
-def _resolve(path: str | None, base: Path) -> str | None:
-    return None if path is None or Path(path).is_absolute() else str((base / path).resolve())
-
-
 def load_text_encoder(directory: str | os.PathLike, device=None, dtype=None) -> TextEncoder:
     """From a folder holding our config JSON (relative paths resolve against the folder), or from a plain
     transformers model folder (GPT-OSS gets the Lens handling, Qwen3 and BERT the backend defaults)."""
@@ -434,14 +418,7 @@ def load_text_encoder(directory: str | os.PathLike, device=None, dtype=None) -> 
         raise UserError(f"text encoder folder {directory} does not exist")
     ours, theirs = directory / CONFIG_NAME, directory / "config.json"
     if ours.is_file():
-        try:
-            config = json.loads(ours.read_text())
-        except json.JSONDecodeError as err:
-            raise UserError(f"malformed {ours}: {err}") from None
-        for key in ("path", "tokenizer_path"):
-            if isinstance(config, dict) and config.get(key):
-                config[key] = _resolve(config[key], directory)
-        return build_text_encoder(config, device=device, dtype=dtype)
+        return build_text_encoder(read_component_config(ours, ("path", "tokenizer_path")), device=device, dtype=dtype)
     if theirs.is_file():
         try:
             model_type = json.loads(theirs.read_text()).get("model_type")

@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import ClassVar
 
 import torch
-from torch import nn
 
 from lensgen.errors import UserError
 from lensgen.io import atomic_write_json
+from lensgen.models.frozen import FrozenModule, read_component_config
 
 CONFIG_NAME = "lensgen_codec.json"
 # The Shapes VAE (`lensgen train-vae`) shipped with the Shapes model: a flux2-vae codec without a path.
@@ -52,19 +51,12 @@ def flux2_spatial_factor(vae_config) -> int:
     return 2 ** (len(vae_config.block_out_channels) - 1) * vae_config.patch_size[0]
 
 
-class LatentCodec(nn.Module):
-    """Frozen image <-> token-grid codec (no gradients, always in eval mode)."""
+class LatentCodec(FrozenModule):
+    """A frozen image <-> token-grid codec. Subclasses implement `encode`, `decode` and `config_dict`."""
 
-    backend: ClassVar[str] = ""
+    config_name = CONFIG_NAME
     spatial_factor: int  # image pixels per token side
     token_channels: int  # channels per token
-
-    def _freeze(self) -> None:
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> LatentCodec:
-        return super().train(False)
 
     def _check_images(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
@@ -86,12 +78,6 @@ class LatentCodec(nn.Module):
         """Normalised tokens -> (B, 3, H, W) in [-1, 1], float32."""
         raise NotImplementedError
 
-    def config_dict(self) -> dict:
-        raise NotImplementedError
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        atomic_write_json(Path(directory) / CONFIG_NAME, self.config_dict())
-
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device=None, dtype=None) -> LatentCodec:
         return load_codec(directory, device=device, dtype=dtype)
@@ -109,7 +95,7 @@ class PixelCodec(LatentCodec):
         self.patch_size = patch_size
         self.spatial_factor = patch_size
         self.token_channels = 3 * patch_size * patch_size
-        self._freeze()
+        self.freeze()
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -147,7 +133,7 @@ class Flux2VAECodec(LatentCodec):
         self.patch = patch[0]
         self.spatial_factor = flux2_spatial_factor(cfg)
         self.token_channels = cfg.latent_channels * self.patch * self.patch
-        self._freeze()
+        self.freeze()
 
     @classmethod
     def from_folder(cls, path: str | os.PathLike, sample: bool = False, device=None, dtype=None) -> Flux2VAECodec:
@@ -229,13 +215,7 @@ def load_codec(directory: str | os.PathLike, device=None, dtype=None) -> LatentC
         raise UserError(f"codec folder {directory} does not exist")
     ours, theirs = directory / CONFIG_NAME, directory / "config.json"
     if ours.is_file():
-        try:
-            config = json.loads(ours.read_text())
-        except json.JSONDecodeError as err:
-            raise UserError(f"malformed {ours}: {err}") from None
-        if isinstance(config, dict) and config.get("path") and not Path(config["path"]).is_absolute():
-            config["path"] = str((directory / config["path"]).resolve())
-        return build_codec(config, device=device, dtype=dtype)
+        return build_codec(read_component_config(ours), device=device, dtype=dtype)
     if theirs.is_file():
         try:
             class_name = json.loads(theirs.read_text()).get("_class_name")
