@@ -236,7 +236,10 @@ def test_cli_curate_and_stats(folder, tmp_path, monkeypatch, capsys):
     assert "input not found" in capsys.readouterr().err
     cfg.write_text("run:\n  shard_size: 0\n")
     assert lensgen.cli.main(["data", "curate", "--config", str(cfg), str(folder), str(tmp_path / "o2")]) == 2
-    assert "run.shard_size must be >= 1" in capsys.readouterr().err
+    assert "c.yaml: run.shard_size: expected >= 1" in capsys.readouterr().err
+    # the same --set syntax as every other command
+    assert lensgen.cli.main(["data", "curate", "--set", "run.shard_size=0", str(folder), str(tmp_path / "o2")]) == 2
+    assert "config: run.shard_size: expected >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

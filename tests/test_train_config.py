@@ -11,10 +11,20 @@ from lensgen.train.config import load_config
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-@pytest.mark.parametrize("name", ["shapes-tiny.yaml", "lens-3.8b.yaml"])
-def test_shipped_configs_load(name):
-    cfg = load_config(CONFIGS / name)
-    assert len(cfg.data.bases) == 3
+def test_lens_config_is_the_recipe():
+    """configs/lens-3.8b.yaml: the released architecture, 27 buckets at 512/768/1024 px on 16 px tokens,
+    GPT-OSS layers 5/11/17/23 with the 97-token prefix, sharded and streamed."""
+    from lensgen.data.buckets import BucketTable
+    from lensgen.models.transformer import preset
+    from lensgen.train.trainer import transformer_config
+
+    cfg = load_config(CONFIGS / "lens-3.8b.yaml")
+    assert transformer_config(cfg.model) == preset("lens-3.8b")
+    table = BucketTable(cfg.data.bases, cfg.data.multiple)
+    assert len(table) == 27 and table.bases == (512, 768, 1024) and cfg.data.multiple == 16
+    te = cfg.model.text_encoder
+    assert te["backend"] == "gpt-oss" and te["layers"] == [5, 11, 17, 23] and te["prefix_tokens"] == 97
+    assert cfg.model.codec["backend"] == "flux2-vae" and cfg.data.source == "stream" and cfg.system.fsdp is True
 
 
 @pytest.mark.parametrize("text,field", [

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from lensgen.config import add_config_arguments
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from lensgen.train.config import load_config
     from lensgen.train.parallel import shutdown_distributed
     from lensgen.train.trainer import Trainer
 
-    config = load_config(args.config, args.set)
-    if args.out_dir:
-        config.out_dir = args.out_dir
-    if args.steps:
-        config.optim.steps = args.steps
+    shortcuts = {"out_dir": args.out_dir, "optim.steps": args.steps}
+    config = load_config(args.config, [*args.set, *((k, v) for k, v in shortcuts.items() if v is not None)])
     try:
         summary = Trainer(config, resume=args.resume, progress=not args.quiet).run()
     except BaseException:
@@ -28,9 +27,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_train_vae(args: argparse.Namespace) -> int:
-    from lensgen.train.shapes_vae import config_from_args, run
+    from lensgen.config import load_config
+    from lensgen.train.shapes_vae import VAETrainConfig, run
 
-    summary = run(config_from_args(args), resume=args.resume, progress=not args.quiet)
+    shortcuts = {"out_dir": args.out_dir, "steps": args.steps}
+    config = load_config(VAETrainConfig, args.config,
+                         [*args.set, *((k, v) for k, v in shortcuts.items() if v is not None)])
+    summary = run(config, resume=args.resume, progress=not args.quiet)
     rec = summary["reconstruction"]
     print(f"trained {summary['steps']} steps ({summary['images_per_s']:.1f} images/s); reconstruction of "
           f"{rec['images']} scenes: PSNR {rec['psnr_db']:.1f} dB, judge agreement {rec['judge_agreement']:.3f}; "
@@ -47,11 +50,9 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                     "Writes OUT/metrics.jsonl, OUT/tensorboard, OUT/checkpoints (resumable with --resume) "
                     "and exports the EMA weights to OUT/final, a folder `lensgen generate --model` loads.",
     )
-    p.add_argument("--config", required=True, help="YAML config (see configs/)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)")
-    p.add_argument("--out-dir", help="override out_dir")
-    p.add_argument("--steps", type=int, help="override optim.steps")
+    add_config_arguments(p, "configs/shapes-tiny.yaml", required=True)
+    p.add_argument("--out-dir", help="same as --set out_dir=...")
+    p.add_argument("--steps", type=int, help="same as --set optim.steps=...")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest if present")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -64,12 +65,9 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                     "codec folder: use it as `model.codec: {backend: flux2-vae, path: OUT/final}`) and "
                     "OUT/summary.json with the reconstruction report (PSNR, judge agreement).",
     )
-    v.add_argument("--out-dir", help="output folder (default runs/shapes-vae)")
-    v.add_argument("--steps", type=int, help="training steps (default 1600)")
-    v.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a setting, e.g. --set lr=2e-3 --set batch_size=16 (repeatable); fields: steps, "
-                        "batch_size, lr, warmup_steps, min_lr_ratio, kl_weight, bases, multiple, seed, "
-                        "checkpoint_every, stats_images, eval_images, threads")
+    add_config_arguments(v, "configs/shapes-vae.yaml")
+    v.add_argument("--out-dir", help="same as --set out_dir=... (default runs/shapes-vae)")
+    v.add_argument("--steps", type=int, help="same as --set steps=... (default 1600)")
     v.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=cmd_train_vae)

@@ -20,13 +20,14 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
 
+from lensgen.config import Validated
 from lensgen.data.buckets import BucketTable
 from lensgen.errors import UserError
 from lensgen.images import image_to_tensor
@@ -56,7 +57,7 @@ TRAJECTORY_FIELDS = ("batch_size", "lr", "warmup_steps", "min_lr_ratio", "kl_wei
 
 
 @dataclass
-class VAETrainConfig:
+class VAETrainConfig(Validated):
     out_dir: str = "runs/shapes-vae"
     steps: int = 1600
     batch_size: int = 16
@@ -74,17 +75,14 @@ class VAETrainConfig:
     vae: dict = field(default_factory=lambda: dict(SHAPES_VAE))  # AutoencoderKLFlux2 kwargs
     schedule: ClassVar[str] = "cosine"  # warm-up then cosine, by the transformer trainer's `lr_at`
 
-    def validate(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every", "stats_images", "eval_images", "multiple"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"train-vae: {name} must be a positive integer, got {value!r}")
-        for name in ("lr", "kl_weight", "min_lr_ratio"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise UserError(f"train-vae: {name} must be a non-negative number, got {value!r}")
-        if not self.bases or any(not isinstance(b, int) or b % self.multiple for b in self.bases):
-            raise UserError(f"train-vae: bases must be multiples of {self.multiple}, got {self.bases!r}")
+    def checks(self) -> list[tuple[bool, str, str]]:
+        positive = ("steps", "batch_size", "checkpoint_every", "stats_images", "eval_images", "multiple")
+        return [
+            *((getattr(self, name) >= 1, name, "a positive integer") for name in positive),
+            *((getattr(self, name) >= 0, name, "a number >= 0") for name in ("lr", "kl_weight", "min_lr_ratio")),
+            (bool(self.bases) and all(b > 0 and b % self.multiple == 0 for b in self.bases), "bases",
+             f"positive multiples of multiple ({self.multiple})"),
+        ]
 
 
 def build_vae(kwargs: dict):
@@ -115,7 +113,7 @@ def vae_loss(vae, images: torch.Tensor, kl_weight: float, generator: torch.Gener
 
 class VAETrainer:
     def __init__(self, cfg: VAETrainConfig, resume: bool = False, progress: bool = True):
-        cfg.validate()
+        cfg.validate()  # fields may have been changed since it was built
         self.cfg, self.progress = cfg, progress
         self.out = Path(cfg.out_dir)
         if cfg.threads:
@@ -255,25 +253,6 @@ def run(cfg: VAETrainConfig, resume: bool = False, progress: bool = True) -> dic
                "config": asdict(cfg)}
     atomic_write_json(trainer.out / "summary.json", summary)
     return summary
-
-
-def config_from_args(args) -> VAETrainConfig:
-    cfg = VAETrainConfig()
-    names = {f.name for f in fields(VAETrainConfig)}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep or key not in names or key == "vae":
-            raise UserError(f"train-vae: --set {item!r}: expected FIELD=VALUE with FIELD one of "
-                            f"{sorted(names - {'vae'})}")
-        try:
-            setattr(cfg, key, json.loads(value))
-        except json.JSONDecodeError:
-            setattr(cfg, key, value)
-    if args.out_dir:
-        cfg.out_dir = args.out_dir
-    if args.steps:
-        cfg.steps = args.steps
-    return cfg
 
 
 __all__ = ["SHAPES_VAE", "VAETrainConfig", "VAETrainer", "build_vae", "reconstruction_report", "run", "scene_batch",

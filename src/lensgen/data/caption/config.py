@@ -8,16 +8,17 @@ variable named by `api_key_env` (default OPENAI_API_KEY). The key is never logge
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lensgen.config import from_mapping, read_yaml
+from lensgen.config import Override, Validated, load_config
 from lensgen.errors import UserError
 
 
 @dataclass
-class CaptionConfig:
+class CaptionConfig(Validated):
     base_url: str | None = None  # e.g. http://localhost:8000/v1 (vLLM), http://localhost:11434/v1 (Ollama)
     model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"  # the variable holding the key; local servers need none
@@ -39,19 +40,16 @@ class CaptionConfig:
     cache_dir: str | None = None  # None: OUT/cache
     progress: bool = True
 
-    def __post_init__(self):
-        checks = [
-            (self.concurrency >= 1, "concurrency must be >= 1"),
-            (self.timeout_s > 0, "timeout_s must be positive"),
-            (self.max_retries >= 0 and self.max_bad_answers >= 0, "max_retries and max_bad_answers must be >= 0"),
-            (0 <= self.backoff_base_s <= self.backoff_max_s, "need 0 <= backoff_base_s <= backoff_max_s"),
-            (1 <= self.min_words <= self.max_words, "need 1 <= min_words <= max_words"),
-            (self.image_max_side >= 16, "image_max_side must be >= 16"),
-            (bool(self.prompt_version), "prompt_version must not be empty"),
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (self.concurrency >= 1, "concurrency", ">= 1"),
+            (self.timeout_s > 0, "timeout_s", "a positive number of seconds"),
+            (self.max_retries >= 0 and self.max_bad_answers >= 0, "max_retries/max_bad_answers", ">= 0"),
+            (0 <= self.backoff_base_s <= self.backoff_max_s, "backoff_base_s", "0 <= backoff_base_s <= backoff_max_s"),
+            (1 <= self.min_words <= self.max_words, "min_words", "1 <= min_words <= max_words"),
+            (self.image_max_side >= 16, "image_max_side", ">= 16"),
+            (bool(self.prompt_version), "prompt_version", "a non-empty version name"),
         ]
-        problems = [message for ok, message in checks if not ok]
-        if problems:
-            raise UserError("bad caption config: " + "; ".join(problems))
 
 
 @dataclass
@@ -85,7 +83,7 @@ def resolve_endpoint(config: CaptionConfig) -> Endpoint:
     return Endpoint(url, model, headers, key)
 
 
-def load_caption_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> CaptionConfig:
-    data = read_yaml(path) if path else {}
-    data.update(overrides or {})
-    return from_mapping(CaptionConfig, data, str(path) if path else "caption config")
+def load_caption_config(path: str | Path | None = None,
+                        overrides: Iterable[Override] | Mapping[str, Any] = ()) -> CaptionConfig:
+    """A `lensgen data caption` config (defaults when `path` is None) with overrides applied."""
+    return load_config(CaptionConfig, path, overrides)

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from lensgen.config import add_config_arguments
+
 CURATE_HELP = """Clean a set of images with the nine Lens steps, in order: corrupt files, resolution, NSFW,
 aesthetics, watermarks, clarity, entropy, brightness, near duplicates. IN is a folder of images
 (searched recursively), a .txt list of image paths, or WebDataset / img2dataset shards. OUT receives
@@ -19,11 +21,11 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                                   description=CURATE_HELP)
     p.add_argument("input", metavar="IN", help="folder of images, .txt list of paths, or a folder of .tar shards")
     p.add_argument("out", metavar="OUT", help="output folder (created; an unfinished run there is resumed)")
-    p.add_argument("--config", help="YAML config (see configs/curate-default.yaml); built-in defaults if omitted")
-    p.add_argument("--executor", choices=["local", "ray"], help="override run.executor (default: local)")
-    p.add_argument("--workers", type=int, help="override run.workers (0: one per core)")
-    p.add_argument("--ray-address", help="override run.ray_address ('auto' joins a running Ray cluster)")
-    p.add_argument("--shard-size", type=int, help="override run.shard_size (images per output shard)")
+    add_config_arguments(p, "configs/curate-default.yaml")
+    p.add_argument("--executor", choices=["local", "ray"], help="same as --set run.executor=... (default: local)")
+    p.add_argument("--workers", type=int, help="same as --set run.workers=... (0: one per core)")
+    p.add_argument("--ray-address", help="same as --set run.ray_address=... ('auto' joins a running Ray cluster)")
+    p.add_argument("--shard-size", type=int, help="same as --set run.shard_size=... (images per output shard)")
     p.add_argument("--restart", action="store_true", help="discard a previous run in OUT and start over")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_curate)
@@ -41,11 +43,9 @@ def cmd_curate(args: argparse.Namespace) -> int:
     from lensgen.data.curate.pipeline import run_curation
     from lensgen.data.curate.summary import format_table
 
-    run = {k: v for k, v in {"executor": args.executor, "workers": args.workers, "ray_address": args.ray_address,
-                             "shard_size": args.shard_size}.items() if v is not None}
-    if args.no_progress:
-        run["progress"] = False
-    config = load_config(args.config, {"run": run})
+    shortcuts = {"run.executor": args.executor, "run.workers": args.workers, "run.ray_address": args.ray_address,
+                 "run.shard_size": args.shard_size, "run.progress": False if args.no_progress else None}
+    config = load_config(args.config, [*args.set, *((k, v) for k, v in shortcuts.items() if v is not None)])
     summary = run_curation(args.input, args.out, config, restart=args.restart)
     print(format_table(summary))
     out = Path(args.out)

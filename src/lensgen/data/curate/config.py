@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lensgen.config import from_mapping, read_yaml
-from lensgen.errors import UserError
+from lensgen.config import Override, Validated
+from lensgen.config import load_config as load_typed_config
 
 NUDENET_EXPOSED = (
     "FEMALE_BREAST_EXPOSED",
@@ -127,7 +127,7 @@ class DedupConfig:
 
 
 @dataclass
-class CurateConfig:
+class CurateConfig(Validated):
     clip_path: str | None = None  # CLIP ViT-L/14 folder (transformers); aesthetic head and dedup use it
     input: InputConfig = field(default_factory=InputConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -141,28 +141,25 @@ class CurateConfig:
     brightness: BrightnessConfig = field(default_factory=BrightnessConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
 
-    def __post_init__(self):
-        checks = [
-            (self.run.workers >= 0, "run.workers must be >= 0 (0: one per core)"),
-            (self.run.threads_per_worker >= 1, "run.threads_per_worker must be >= 1"),
-            (self.run.shard_size >= 1, "run.shard_size must be >= 1"),
-            (self.run.batch_size >= 1, "run.batch_size must be >= 1"),
-            (self.run.work_size >= 16, "run.work_size must be >= 16"),
-            (self.corrupt.max_pixels > 0, "corrupt.max_pixels must be positive"),
-            (self.resolution.min_short_side >= 0, "resolution.min_short_side must be >= 0"),
-            (self.clarity.size >= 16, "clarity.size must be >= 16"),
-            (0.0 <= self.brightness.min_luma < self.brightness.max_luma <= 1.0,
-             "brightness needs 0 <= min_luma < max_luma <= 1"),
-            (-1.0 <= self.dedup.threshold <= 1.0, "dedup.threshold is a cosine similarity in [-1, 1]"),
-            (self.dedup.thumbnail_size >= 4, "dedup.thumbnail_size must be >= 4"),
-            (len(self.watermark.input_size) == 2, "watermark.input_size is [height, width]"),
-            (len(self.watermark.mean) == 3 and len(self.watermark.std) == 3,
-             "watermark.mean and watermark.std need 3 values (RGB)"),
-            (self.input.source_tag in ("real", "synthetic"), "input.source_tag must be 'real' or 'synthetic'"),
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (self.run.workers >= 0, "run.workers", ">= 0 (0: one per core)"),
+            (self.run.threads_per_worker >= 1, "run.threads_per_worker", ">= 1"),
+            (self.run.shard_size >= 1, "run.shard_size", ">= 1"),
+            (self.run.batch_size >= 1, "run.batch_size", ">= 1"),
+            (self.run.work_size >= 16, "run.work_size", ">= 16"),
+            (self.corrupt.max_pixels > 0, "corrupt.max_pixels", "a positive count"),
+            (self.resolution.min_short_side >= 0, "resolution.min_short_side", ">= 0"),
+            (self.clarity.size >= 16, "clarity.size", ">= 16"),
+            (0.0 <= self.brightness.min_luma < self.brightness.max_luma <= 1.0, "brightness",
+             "0 <= min_luma < max_luma <= 1"),
+            (-1.0 <= self.dedup.threshold <= 1.0, "dedup.threshold", "a cosine similarity in [-1, 1]"),
+            (self.dedup.thumbnail_size >= 4, "dedup.thumbnail_size", ">= 4"),
+            (len(self.watermark.input_size) == 2, "watermark.input_size", "[height, width]"),
+            (len(self.watermark.mean) == 3 and len(self.watermark.std) == 3, "watermark.mean/std",
+             "3 values each (RGB)"),
+            (self.input.source_tag in ("real", "synthetic"), "input.source_tag", "'real' or 'synthetic'"),
         ]
-        problems = [message for ok, message in checks if not ok]
-        if problems:
-            raise UserError("bad curation config: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -174,13 +171,8 @@ class CurateConfig:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> CurateConfig:
-    """The config at `path` (defaults when None), with `overrides` ({"run": {"workers": 2}}) on top."""
-    data = read_yaml(path) if path else {}
-    for section, values in (overrides or {}).items():
-        if isinstance(values, Mapping):
-            data.setdefault(section, {})
-            data[section] = {**(data[section] or {}), **values}
-        else:
-            data[section] = values
-    return from_mapping(CurateConfig, data, str(path) if path else "config")
+def load_config(path: str | Path | None = None,
+                overrides: Iterable[Override] | Mapping[str, Any] = ()) -> CurateConfig:
+    """A `lensgen data curate` config (defaults when `path` is None) with overrides applied: `--set`
+    strings, or a mapping of sections ({"run": {"workers": 2}})."""
+    return load_typed_config(CurateConfig, path, overrides)
