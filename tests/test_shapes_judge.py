@@ -49,19 +49,12 @@ def test_boxes_and_centres_match_the_spec():
     assert sorted((o.shape, o.colour) for o in back.objects) == sorted((o.shape, o.colour) for o in scene.objects)
 
 
-def test_judge_handles_blank_noise_and_speed():
-    import time
-
+def test_judge_finds_nothing_in_blank_or_noise_images():
+    """(Its speed is measured by benchmarks/shapes_judge.py, not asserted here.)"""
     blank = Image.new("RGB", (64, 64), (140, 140, 140))
     assert detect(blank).objects == []
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
     assert detect(noise).shapes() == []
-    img = render(generate_scene(7, 1.0, split="any"), 64, 64)
-    detect(img)
-    start = time.perf_counter()
-    for _ in range(20):
-        detect(img)
-    assert (time.perf_counter() - start) / 20 < 0.03  # ~5 ms here; generous for a busy CI machine
 
 
 def test_malformed_blob_is_not_a_shape():

@@ -59,7 +59,6 @@ def euler_sample(
     noise: torch.Tensor,
     sigmas: torch.Tensor,
     progress: bool = False,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Integrate from sigmas[0] (noise) to sigmas[-1] (0: clean). noise (B, N, C)."""
     x = noise
@@ -69,6 +68,4 @@ def euler_sample(
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         v = velocity_fn(x, torch.full((batch,), sigma, device=x.device, dtype=torch.float32))
         x = x + (sigma_next - sigma) * v.to(x.dtype)
-        if callback is not None:
-            callback(i, x)
     return x

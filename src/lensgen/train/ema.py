@@ -28,8 +28,3 @@ class EMA:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for name, value in state.items():
             self.shadow[name].copy_(value)
-
-    @torch.no_grad()
-    def copy_to(self, model: nn.Module) -> None:
-        for name, p in model.named_parameters():
-            p.copy_(self.shadow[name].to(p.dtype))
