@@ -34,7 +34,8 @@ GROUPS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lensgen",
-        description="lensgen: the Lens text-to-image recipe (data, training, RL, distillation, inference, eval).",
+        description="lensgen: the Lens text-to-image recipe: data curation and captioning, the Shapes world, "
+                    "mixed-resolution pretraining, inference and evaluation. Each command has its own --help.",
     )
     from lensgen import __version__
 
