@@ -112,7 +112,7 @@ def test_shard_source_caption_mix_per_batch_and_text_cache(tmp_path):
         assert (image.height, image.width) == (bucket.height, bucket.width) and captions["dense"]
     kinds = set()
     for s in range(12):
-        batch = trainer._items(next(trainer.batches), random.Random(s))
+        batch = trainer._load_batch(next(trainer.batches), random.Random(s))
         words = [len(p.split()) for p in batch.prompts]
         assert max(words) < 30 or min(words) > 30, words  # all short or all dense, never mixed in a batch
         kinds.add(max(words) < 30)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from lensgen.data.buckets import BucketTable
 from lensgen.data.sources import BatchSource, build_batch_source, pick_caption
+from lensgen.errors import UserError
 from lensgen.io import atomic_write_json, atomic_write_text
 from lensgen.models.text_encoder import TextFeatures, build_text_encoder
 from lensgen.models.transformer import LensTransformer2DModel, LensTransformerConfig, preset
@@ -46,9 +47,11 @@ VAL_SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 @dataclass
 class PreparedBatch:
+    """A micro-batch ready to train on, and the data position right after it (what a checkpoint keeps)."""
+
     batch: TokenBatch
     text: TextFeatures
-    indices: list
+    keys: list
     sampler_state: dict
 
 
@@ -72,8 +75,6 @@ def transformer_config(model: ModelConfig) -> LensTransformerConfig:
     try:
         return replace(base, **overrides)
     except TypeError as err:
-        from lensgen.errors import UserError
-
         raise UserError(f"config field model.overrides: {err}") from None
 
 
@@ -101,10 +102,9 @@ def build_optimizer(model: nn.Module, o: OptimConfig, cuda: bool) -> torch.optim
                              fused=cuda or None)
 
 
-def build_source(cfg: TrainConfig, patch: int, info: DistInfo) -> BatchSource:
-    """This rank's training batches, as the data section says."""
+def build_source(cfg: TrainConfig, table: BucketTable, patch: int, info: DistInfo) -> BatchSource:
+    """This rank's training batches over the buckets of `table`, as the data section says."""
     d, o = cfg.data, cfg.optim
-    table = BucketTable(bases=tuple(d.bases), multiple=d.multiple)
     return build_batch_source(d.source, table, o.batch_size, patch, seed=o.seed, rank=info.rank,
                               world_size=info.world_size, mode=d.sampler, shards=d.shards,
                               num_items=d.num_items, shuffle_buffer=d.shuffle_buffer)
@@ -137,8 +137,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config.optim, cuda)
         self.sigmas = SigmaSampling(config.optim.logit_mean, config.optim.logit_std, config.optim.sigma_shift)
 
-        self.source = build_source(config, self.codec.spatial_factor, self.info)
         self.table = BucketTable(bases=tuple(config.data.bases), multiple=config.data.multiple)
+        self.source = build_source(config, self.table, self.codec.spatial_factor, self.info)
         self.step = 0
         self.ckpt_root = self.out / "checkpoints"
         if resume:
@@ -180,7 +180,8 @@ class Trainer:
 
     # ---- batches -----------------------------------------------------------------------------
 
-    def _items(self, indices: list, rng: random.Random, caption_dropout: float | None = None) -> TokenBatch:
+    def _load_batch(self, keys: list, rng: random.Random, caption_dropout: float | None = None) -> TokenBatch:
+        """Load the items of a batch, pick each one's caption (or the empty prompt), encode the images."""
         d = self.cfg.data
         mode = d.caption
         if mode == "mixed" and d.caption_mix == "batch":
@@ -188,8 +189,8 @@ class Trainer:
             # short-caption batch costs a fraction of a dense one; in expectation the mix is the same
             mode = "dense" if rng.random() < d.dense_prob else "short"
         images, prompts = [], []
-        for i in indices:
-            image, captions = self.source.load(i)
+        for key in keys:
+            image, captions = self.source.load(key)
             prompt = pick_caption(captions, mode, d.dense_prob, rng)
             dropout = self.cfg.optim.caption_dropout if caption_dropout is None else caption_dropout
             if rng.random() < dropout:
@@ -201,8 +202,8 @@ class Trainer:
     def _validation_batch(self) -> tuple[TokenBatch, TextFeatures]:
         """A fixed batch (one item per bucket, up to 8) for loss-at-fixed-sigma curves."""
         rng = random.Random(12345)
-        indices = self.source.validation_items(min(8, len(self.table)))
-        batch = self._items(indices, rng, caption_dropout=0.0)
+        keys = self.source.validation_items(min(8, len(self.table)))
+        batch = self._load_batch(keys, rng, caption_dropout=0.0)
         return batch, self.text.encode(batch.prompts)
 
     def _loss(self, batch: TokenBatch, text: TextFeatures, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -217,11 +218,11 @@ class Trainer:
     def _prepare(self, key: tuple[int, int]) -> PreparedBatch:
         """Draw, load and text-encode the batch of (step, micro-step); may run in the prefetch thread."""
         step, micro = key
-        indices = next(self.batches)
+        keys = next(self.batches)
         sampler_state = self.source.state_dict()  # right after this batch: what a checkpoint must hold
         rng = random.Random(f"step-{self._draw_key(step, micro)}")
-        batch = self._items(indices, rng)
-        return PreparedBatch(batch, self.text.encode(batch.prompts), indices, sampler_state)
+        batch = self._load_batch(keys, rng)
+        return PreparedBatch(batch, self.text.encode(batch.prompts), keys, sampler_state)
 
     def _draw_key(self, step: int, micro: int) -> tuple[int, int, int, int]:
         """What every random draw of a micro-step is seeded from (captions and dropout; sigma and noise)."""
@@ -241,16 +242,16 @@ class Trainer:
         for micro in range(o.grad_accum):
             gen = torch.Generator().manual_seed(hash(self._draw_key(self.step, micro)) & 0x7FFF_FFFF_FFFF)
             prepared = self.prefetcher.get((self.step, micro))
-            batch, text, indices = prepared.batch, prepared.text, prepared.indices
+            batch, text, keys = prepared.batch, prepared.text, prepared.keys
             self.sampler_state = prepared.sampler_state
-            waste.append(self.source.padding_waste(indices))
+            waste.append(self.source.padding_waste(keys))
             tokens_per_sample = torch.tensor([h * w for h, w in batch.sizes])
             sigma = self.sigmas.sample(tokens_per_sample, gen)
             noise = torch.randn(batch.tokens.shape, generator=gen)
             loss = self._loss(batch, text, sigma, noise) / o.grad_accum
             loss.backward()
             total += loss.item()
-            images += len(indices)
+            images += len(keys)
         for p in self.model.parameters():
             # The last block's text-stream output feeds nothing, so its MLP gets no gradient. A zero gradient
             # gives it optimizer state like every other parameter, so checkpoints have one fixed key set.
