@@ -92,7 +92,8 @@ def run_demo(out: Path, model: str | None, train_steps: int) -> Path:
         image = pipe(prompt, height=height, width=width, seed=i, progress=False)[0]
         name = f"images/{i:02d}.png"
         buf = io.BytesIO()
-        image.save(buf, format="PNG", pnginfo=png_metadata(prompt=prompt, seed=i, size=size, model=pipe.name))
+        image.save(buf, format="PNG", pnginfo=png_metadata(prompt=prompt, seed=i, height=height, width=width,
+                                                           model=pipe.name))
         atomic_write_bytes(out / name, buf.getvalue())
         cards.append(f'<figure><img src="{name}" width="{width * 3}" height="{height * 3}">'
                      f"<figcaption>{html.escape(prompt)}<br><small>{size}, seed {i}</small></figcaption></figure>")
