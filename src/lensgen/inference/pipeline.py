@@ -2,7 +2,8 @@
 
 A pipeline folder (diffusers-style):
 
-    model_index.json     component list, plus a "lensgen" block: default size, steps, CFG, size limits
+    model_index.json     component list, plus a "lensgen" block: default size, steps, CFG, size rules
+                         (size_multiple = pixels per token side, max_side), read before the weights load
     transformer/         config.json + diffusion_pytorch_model.safetensors
     vae/                 the latent codec (a FLUX.2-class VAE folder, or a pixel codec's config)
     text_encoder/        the frozen text encoder's config (and weights location)
