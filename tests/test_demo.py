@@ -2,25 +2,36 @@
 
 import json
 
+from PIL import Image
+
 from lensgen.cli import main
 from lensgen.demo import DEMO_PROMPTS, loss_plot_png
 
 
 def test_demo_writes_grid_training_run_and_loss_plot(tmp_path, monkeypatch):
     monkeypatch.setattr("lensgen.demo.DEMO_PROMPTS", DEMO_PROMPTS[:3])
+    monkeypatch.setattr("lensgen.demo.TRAINED_SAMPLES", 2)
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--train-steps", "6"]) == 0
     page = (out / "index.html").read_text()
     for i, (prompt, size) in enumerate(DEMO_PROMPTS[:3]):
         assert prompt in page and (out / "images" / f"{i:02d}.png").is_file()
         w, h = (int(v) for v in size.split("x"))
-        from PIL import Image
-
         assert Image.open(out / "images" / f"{i:02d}.png").size == (w, h)
     metrics = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, 7))
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 'src="loss.png"' in page
     assert (out / "train" / "final" / "model_index.json").is_file()
+    # the model just trained is sampled too, and every PNG carries the metadata `lensgen generate` writes
+    assert sorted(p.name for p in (out / "images").glob("train-*.png")) == ["train-00.png", "train-01.png"]
+    for i, (prompt, size) in enumerate(DEMO_PROMPTS[:2]):
+        assert f'src="images/train-{i:02d}.png"' in page
+        text = Image.open(out / "images" / f"train-{i:02d}.png").text
+        assert text["model"] == str(out / "train" / "final") and text["prompt"] == prompt and text["size"] == size
+    for png in (out / "images").glob("*.png"):
+        text = Image.open(png).text
+        assert set(text) == {"prompt", "negative_prompt", "seed", "steps", "cfg", "size", "model"}, png
+        assert int(text["steps"]) >= 1 and float(text["cfg"]) >= 0
     # a second run starts a fresh curve instead of appending to the old one
     assert main(["demo", "--out", str(out), "--train-steps", "6"]) == 0
     assert len((out / "train" / "metrics.jsonl").read_text().splitlines()) == 6

@@ -122,3 +122,50 @@ def test_a_prompt_longer_than_the_encoder_reads_is_warned_about(pipe, tmp_path, 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a prompt within the limit warns about nothing
         pipe("a red circle", height=64, width=64, steps=1, seed=0)
+
+
+def test_zero_negative_and_non_finite_settings_are_refused(pipe):
+    """0 is refused like -5, not taken as "use the default"; NaN/inf CFG would give a black image."""
+    for steps in (0, -5):
+        with pytest.raises(UserError, match=rf"steps must be a whole number of at least 1, got {steps}"):
+            pipe("x", steps=steps)
+    for height, width in ((0, 64), (64, 0)):
+        with pytest.raises(UserError, match="both sides must be positive"):
+            pipe("x", height=height, width=width, steps=1)
+    for cfg in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(UserError, match="cfg must be a finite number >= 0"):
+            pipe("x", cfg=cfg, steps=1)
+
+
+def test_missing_or_unknown_devices_are_user_errors(saved, monkeypatch):
+    from lensgen.inference.pipeline import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="device 'cuda': CUDA is not available on this machine"):
+        LensPipeline.from_pretrained(saved, device="cuda")
+    with pytest.raises(UserError, match="unknown device 'gpu0': expected cpu, cuda"):
+        LensPipeline.from_pretrained(saved, device="gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match=r"'cuda:3' does not exist: this machine has 1 CUDA device"):
+        check_device("cuda:3")
+    assert check_device("cpu") == torch.device("cpu") and check_device(None) is None
+
+
+def test_size_multiple_is_saved_checked_and_optional(pipe, saved, tmp_path):
+    from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, read_defaults
+
+    assert read_defaults(saved).size_multiple == pipe.codec.spatial_factor == 8
+    assert read_defaults(DEFAULT_MODEL_DIR).size_multiple == 8  # the shipped model says it too
+    for name, value in (("old", None), ("wrong", 16)):
+        folder = tmp_path / name
+        shutil.copytree(saved, folder)
+        index = json.loads((folder / "model_index.json").read_text())
+        index["lensgen"].pop("size_multiple")
+        if value is not None:
+            index["lensgen"]["size_multiple"] = value
+        (folder / "model_index.json").write_text(json.dumps(index))
+    old = LensPipeline.from_pretrained(tmp_path / "old")  # saved before the field existed: still loads
+    assert read_defaults(tmp_path / "old").size_multiple is None and old.defaults.size_multiple == 8
+    with pytest.raises(UserError, match="lensgen.size_multiple is 16 but the codec in vae/ has 8 pixels"):
+        LensPipeline.from_pretrained(tmp_path / "wrong")

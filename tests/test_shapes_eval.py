@@ -107,3 +107,59 @@ def test_eval_cli_runs_a_model_folder(tmp_path, untrained_pipeline):
     default_cfg = json.loads((tmp_path / "model" / "model_index.json").read_text())["lensgen"]["cfg"]
     assert result["extra"]["steps"] == 2 and result["extra"]["cfg"] == default_cfg
     assert f"CFG {default_cfg:g}" in (out / "results.md").read_text()
+
+
+def test_eval_save_images_keeps_every_scored_image_with_its_score(tmp_path, capsys):
+    """--save-images: OUT/images/TASK/ID-SEED.png with prompt, seed, score and reason, and an index.jsonl."""
+    import json
+
+    from PIL import Image
+
+    from lensgen.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["eval", "shapes", "--noise", "--tasks", "single_object,text", "--limit", "1", "--n-per-prompt",
+                 "2", "--seed", "4", "--no-progress", "--out", str(out), "--save-images"]) == 0
+    index = [json.loads(line) for line in (out / "images" / "index.jsonl").read_text().splitlines()]
+    results = json.loads((out / "results.json").read_text())["samples"]
+    assert len(index) == len(results) == 4
+    for entry, sample in zip(index, results):
+        assert entry["file"] == f"{sample['task']}/{sample['id']}-{sample['seed']}.png"
+        assert {k: entry[k] for k in ("prompt", "seed", "score", "reason")} == \
+            {k: sample[k] for k in ("prompt", "seed", "score", "reason")}
+        text = Image.open(out / "images" / entry["file"]).text
+        assert text["prompt"] == entry["prompt"] and text["seed"] == str(entry["seed"])
+        assert text["score"] == str(entry["score"]) and text["reason"] == entry["reason"]
+        assert text["model"] == "noise" and text["size"] == "64x64" and "steps" not in text
+    assert {e["seed"] for e in index} == {4, 5} and any(e["reason"] for e in index)  # noise fails, with a reason
+    assert "wrote 4 images" in capsys.readouterr().out
+
+
+def test_eval_save_images_from_a_model_records_its_settings(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from lensgen.cli import main
+    from lensgen.inference.pipeline import DEFAULT_MODEL_DIR
+
+    out = tmp_path / "eval"
+    assert main(["eval", "shapes", "--model", str(DEFAULT_MODEL_DIR), "--tasks", "single_object", "--limit", "1",
+                 "--n-per-prompt", "1", "--steps", "1", "--no-progress", "--out", str(out), "--save-images"]) == 0
+    (entry,) = [json.loads(line) for line in (out / "images" / "index.jsonl").read_text().splitlines()]
+    text = Image.open(out / "images" / entry["file"]).text
+    assert text["steps"] == "1" and text["cfg"] == "3.0" and text["model"] == str(DEFAULT_MODEL_DIR)
+    assert text["score"] == str(entry["score"]) and text["id"] == entry["id"] == "single_object-000"
+
+
+def test_eval_save_images_needs_out_and_bad_settings_fail_before_loading(tmp_path, capsys, monkeypatch):
+    from lensgen.cli import main
+    from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, LensPipeline
+
+    monkeypatch.setattr(LensPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded before checking"))
+    assert main(["eval", "shapes", "--noise", "--save-images"]) == 2
+    assert "--save-images needs --out" in capsys.readouterr().err
+    for flags, message in ((["--steps", "0"], "--steps must be"), (["--cfg", "nan"], "--cfg must be"),
+                           (["--size", "60x64"], "multiples of 8")):
+        assert main(["eval", "shapes", "--model", str(DEFAULT_MODEL_DIR), *flags]) == 2
+        assert message in capsys.readouterr().err

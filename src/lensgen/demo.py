@@ -2,7 +2,8 @@
 
 It shows the two halves of the recipe that run on a CPU: a grid from the shipped Shapes model across
 aspect ratios, and a short pretraining run from scratch (the same trainer as `lensgen train`) whose
-loss falls on screen. Everything lands in one HTML page with the images, prompts and loss plot.
+loss falls on screen, with a few images sampled from the model it exports. Everything lands in one HTML
+page with the images, prompts and loss plot; every PNG carries the text metadata `lensgen generate` writes.
 """
 
 from __future__ import annotations
@@ -77,26 +78,53 @@ def loss_plot_png(metrics: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def run_demo(out: Path, model: str | None, train_steps: int) -> Path:
-    from lensgen.inference.generate import load_pipeline, png_metadata
-    from lensgen.io import atomic_write_bytes, atomic_write_text
+TRAINED_SAMPLES = 4  # prompts sampled from the from-scratch model (the first of DEMO_PROMPTS)
+
+
+def sample_cards(pipe, model: str, prompts: list[tuple[str, str]], out: Path, prefix: str) -> list[str]:
+    """Sample each (prompt, size) with seed = its index, write OUT/images/PREFIXnn.png with the PNG text
+    `lensgen generate` writes, and return one HTML <figure> per image."""
+    from lensgen.inference.generate import png_metadata, save_png
     from lensgen.sizes import parse_size
+
+    steps, cfg = pipe.defaults.sampling(None, None)
+    cards = []
+    for i, (prompt, size) in enumerate(prompts):
+        height, width = parse_size(size)
+        image = pipe(prompt, height=height, width=width, steps=steps, cfg=cfg, seed=i, progress=False)[0]
+        name = f"images/{prefix}{i:02d}.png"
+        save_png(out / name, image, png_metadata(prompt=prompt, negative_prompt="", seed=i, steps=steps, cfg=cfg,
+                                                 height=height, width=width, model=model))
+        cards.append(f'<figure><img src="{name}" width="{width * 3}" height="{height * 3}">'
+                     f"<figcaption>{html.escape(prompt)}<br><small>{size}, seed {i}</small></figcaption></figure>")
+        print(f"[{i + 1}/{len(prompts)}] {prompt} ({size})")
+    return cards
+
+
+def trained_model_html(out: Path, export: Path) -> str:
+    """A few images sampled from the short run's exported EMA model: what a few minutes of training draw."""
+    from lensgen.inference.pipeline import LensPipeline
+
+    if not (export / "model_index.json").is_file():
+        return "<p>The run exported no model to sample from.</p>"
+    pipe = LensPipeline.from_pretrained(export)
+    prompts = DEMO_PROMPTS[:TRAINED_SAMPLES]
+    print(f"sampling {len(prompts)} images from the model just trained ({export}) ...")
+    cards = sample_cards(pipe, str(export), prompts, out, prefix="train-")
+    return (f"<h3>Samples from the model just trained</h3><p>Model: <code>train/final</code> "
+            f"({html.escape(pipe.name)}); {pipe.defaults.steps} steps, CFG {pipe.defaults.cfg}; the first "
+            f"{len(prompts)} prompts and seeds of the grid above, to compare.</p>{''.join(cards)}")
+
+
+def run_demo(out: Path, model: str | None, train_steps: int) -> Path:
+    from lensgen.inference.generate import load_pipeline
+    from lensgen.io import atomic_write_bytes, atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "images").mkdir(exist_ok=True)
     pipe = load_pipeline(model)
     start = time.perf_counter()
-    cards = []
-    for i, (prompt, size) in enumerate(DEMO_PROMPTS):
-        height, width = parse_size(size)
-        image = pipe(prompt, height=height, width=width, seed=i, progress=False)[0]
-        name = f"images/{i:02d}.png"
-        buf = io.BytesIO()
-        image.save(buf, format="PNG", pnginfo=png_metadata(prompt=prompt, seed=i, size=size, model=pipe.name))
-        atomic_write_bytes(out / name, buf.getvalue())
-        cards.append(f'<figure><img src="{name}" width="{width * 3}" height="{height * 3}">'
-                     f"<figcaption>{html.escape(prompt)}<br><small>{size}, seed {i}</small></figcaption></figure>")
-        print(f"[{i + 1}/{len(DEMO_PROMPTS)}] {prompt} ({size})")
+    cards = sample_cards(pipe, model or pipe.name, DEMO_PROMPTS, out, prefix="")
     grid_s = time.perf_counter() - start
 
     train_html = "<p>Training skipped (--train-steps 0).</p>"
@@ -115,7 +143,8 @@ def run_demo(out: Path, model: str | None, train_steps: int) -> Path:
         train_html = (f'<p>{summary["steps"]} steps from scratch in {summary["wall_s"]:.0f} s '
                       f'({summary["images_per_s"]:.1f} images/s); mean loss of the first 10 steps {first:.3f}, '
                       f'of the last 10 {last:.3f}. Run folder: <code>train/</code> (metrics.jsonl, checkpoint, '
-                      f'EMA export in <code>train/final</code>).</p><img src="loss.png" alt="loss curve">')
+                      f'EMA export in <code>train/final</code>).</p><img src="loss.png" alt="loss curve">'
+                      + trained_model_html(out, run_dir / "final"))
     page = f"""<!doctype html><meta charset="utf-8"><title>lensgen demo</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} figure{{display:inline-block;margin:1em;vertical-align:top}}
 figure img{{image-rendering:pixelated;border:1px solid #ccc}} figcaption{{max-width:300px}}</style>
@@ -142,8 +171,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     d = groups[""].add_parser(
         "demo", help="the embedded demo: a generation grid and a short training run, as an HTML page",
         description="Generate a grid for eight prompts across aspect ratios with the default (shipped) model, "
-                    "train shapes-tiny from scratch for a few minutes, and write OUT/index.html with the "
-                    "images, prompts and loss plot.")
+                    "train shapes-tiny from scratch for a few minutes, sample a few images from the model it "
+                    "exports, and write OUT/index.html with the images, prompts and loss plot.")
     d.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
     d.add_argument("--model", help="model folder for the grid (default: the shipped model)")
     d.add_argument("--train-steps", type=int, default=300,
@@ -152,4 +181,4 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     d.set_defaults(func=cmd_demo)
 
 
-__all__ = ["DEMO_PROMPTS", "run_demo", "loss_plot_png", "demo_train_config"]
+__all__ = ["DEMO_PROMPTS", "demo_train_config", "loss_plot_png", "run_demo", "sample_cards", "trained_model_html"]

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lensgen.errors import UserError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from lensgen.eval.shapes import SampleResult, ShapesEvalResult
 
 EVAL_HELP = """Score a model (or the judge's own ceiling and floor) on ShapesEval's held-out prompts.
 Exactly one source: --model DIR (a LensPipeline folder), --ground-truth (each prompt's own scene,
@@ -30,13 +37,68 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     e.add_argument("--batch-size", type=int, default=16, help="images per generate call (default 16)")
     e.add_argument("--seed", type=int, default=0, help="first seed; image k of a prompt uses seed + k")
     e.add_argument("--out", default=None, help="directory for results.json and results.md")
+    e.add_argument("--save-images", action="store_true",
+                   help="with --out: keep every scored image as OUT/images/TASK/ID-SEED.png (PNG text: prompt, "
+                        "seed, settings, score, the judge's reason) and list them in OUT/images/index.jsonl")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_eval_shapes)
 
 
+def image_file(sample: SampleResult) -> str:
+    """Where a scored image is kept, relative to OUT/images: one folder per task, named by prompt id and seed."""
+    return f"{sample.task}/{sample.id}-{sample.seed}.png"
+
+
+class ImageKeeper:
+    """Writes each scored image as soon as it is scored (memory stays flat over a long run), with the PNG text
+    `lensgen generate` writes plus the task, prompt id, score and the judge's reason."""
+
+    def __init__(self, folder: Path, height: int, width: int, model: str, steps: int | None, cfg: float | None):
+        self.folder, self.height, self.width = folder, height, width
+        self.model, self.steps, self.cfg = model, steps, cfg
+
+    def __call__(self, sample: SampleResult, image: Image.Image) -> None:
+        from lensgen.inference.generate import png_metadata, save_png
+
+        info = png_metadata(prompt=sample.prompt, seed=sample.seed, height=self.height, width=self.width,
+                            model=self.model, steps=self.steps, cfg=self.cfg, task=sample.task, id=sample.id,
+                            score=sample.score, reason=sample.reason)
+        save_png(self.folder / image_file(sample), image, info)
+
+    def write_index(self, result: ShapesEvalResult) -> Path:
+        """index.jsonl: one line per image (file, task, id, prompt, seed, score, reason), in scoring order."""
+        import json
+
+        from lensgen.io import atomic_write_text
+
+        lines = [json.dumps({"file": image_file(s), "task": s.task, "id": s.id, "prompt": s.prompt, "seed": s.seed,
+                             "score": s.score, "reason": s.reason}) for s in result.samples]
+        path = self.folder / "index.jsonl"
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
+        return path
+
+
+def _check_args(args) -> None:
+    """Everything checkable without the model, so a typo fails before the weights load."""
+    from lensgen.io import check_writable
+
+    if args.n_per_prompt <= 0 or args.batch_size <= 0 or (args.limit is not None and args.limit <= 0):
+        raise UserError("--n-per-prompt, --batch-size and --limit must be positive")
+    if args.save_images and not args.out:
+        raise UserError("--save-images needs --out DIR (the images go to DIR/images/)")
+    if args.out:
+        check_writable(Path(args.out) / "results.json")
+    if args.model:
+        from lensgen.inference.pipeline import read_defaults
+        from lensgen.sizes import parse_size
+
+        defaults = read_defaults(args.model)
+        defaults.resolve_size(*(parse_size(args.size) if args.size else (None, None)))
+        defaults.sampling(args.steps, args.cfg, "--steps", "--cfg")
+
+
 def _eval_shapes(args) -> int:
     import json
-    from pathlib import Path
 
     from lensgen.eval import shapes as se
     from lensgen.io import atomic_write_json, atomic_write_text
@@ -44,8 +106,7 @@ def _eval_shapes(args) -> int:
     from lensgen.sizes import parse_size, validate_size
 
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
-    if args.n_per_prompt <= 0 or args.batch_size <= 0 or (args.limit is not None and args.limit <= 0):
-        raise UserError("--n-per-prompt, --batch-size and --limit must be positive")
+    _check_args(args)
     specs = load_prompts(tasks, limit=args.limit)
     size = parse_size(args.size) if args.size else None
     steps, cfg = args.steps, args.cfg
@@ -58,11 +119,13 @@ def _eval_shapes(args) -> int:
         h, w = size or (pipe.default_height, pipe.default_width)
         steps, cfg = pipe.defaults.sampling(steps, cfg)  # what it samples with, so the results say it
         generate, source = se.pipeline_generator(pipe, h, w, steps, cfg), f"model {args.model}"
+        model = args.model
         source += f", {steps} steps, CFG {cfg:g}"
     else:
         h, w = validate_size(*(size or (64, 64)), multiple=8)
         if args.ground_truth:
             generate, source = se.ground_truth_generator(specs, h, w), "ground truth (ceiling)"
+            model = "ground truth"
             if args.codec:
                 from lensgen.models.vae import load_codec
 
@@ -70,10 +133,13 @@ def _eval_shapes(args) -> int:
                 h, w = validate_size(h, w, multiple=codec.spatial_factor)
                 generate = se.codec_round_trip(generate, codec)
                 source = f"ground truth through the codec {args.codec} (ceiling in its latent space)"
+                model = f"ground truth through the codec {args.codec}"
         else:
-            generate, source = se.noise_generator(h, w), "noise (floor)"
+            generate, source, model = se.noise_generator(h, w), "noise (floor)", "noise"
+    sampled = (steps, cfg) if args.model else (None, None)  # ground truth and noise have no sampler settings
+    keeper = ImageKeeper(Path(args.out) / "images", h, w, model, *sampled) if args.save_images else None
     result = se.evaluate(generate, n_per_prompt=args.n_per_prompt, batch_size=args.batch_size, seed=args.seed,
-                         prompts=specs, progress=not args.no_progress)
+                         prompts=specs, progress=not args.no_progress, on_image=keeper)
     result.extra = {"source": source, "height": h, "width": w, "steps": steps, "cfg": cfg}
     table = se.format_table(result, f"ShapesEval, {source}, {w}x{h}, {args.n_per_prompt} per prompt")
     print(table)
@@ -82,4 +148,6 @@ def _eval_shapes(args) -> int:
         atomic_write_json(out / "results.json", json.loads(json.dumps(result.to_dict())))
         atomic_write_text(out / "results.md", table)
         print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    if keeper is not None:
+        print(f"wrote {len(result.samples)} images and {keeper.write_index(result)}")
     return 0

@@ -97,8 +97,11 @@ def score_image(spec: PromptSpec, image: Image.Image) -> tuple[float, str]:
 
 def evaluate(generate: Generate, tasks: list[str] | None = None, n_per_prompt: int = 4, batch_size: int = 16,
              limit: int | None = None, seed: int = 0, prompts: list[PromptSpec] | None = None,
-             progress: bool = True) -> ShapesEvalResult:
-    """Generate n_per_prompt images per held-out prompt (seeds seed + k) and score them."""
+             progress: bool = True,
+             on_image: Callable[[SampleResult, Image.Image], None] | None = None) -> ShapesEvalResult:
+    """Generate n_per_prompt images per held-out prompt (seeds seed + k) and score them.
+    on_image(sample, image) sees each image with its score as soon as it is scored (to keep it: images are
+    not held, so a long run stays small in memory)."""
     from tqdm import tqdm
 
     specs = prompts if prompts is not None else load_prompts(tasks, limit=limit)
@@ -114,6 +117,8 @@ def evaluate(generate: Generate, tasks: list[str] | None = None, n_per_prompt: i
         for (spec, sd), img in zip(batch, images):
             value, reason = score_image(spec, img)
             samples.append(SampleResult(spec.id, spec.task or "", spec.prompt, sd, value, reason))
+            if on_image is not None:
+                on_image(samples[-1], img)
         bar.update(len(batch))
     bar.close()
     order = [t for t in TASKS if any(s.task == t for s in samples)]

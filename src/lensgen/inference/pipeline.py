@@ -2,7 +2,8 @@
 
 A pipeline folder (diffusers-style):
 
-    model_index.json     component list, plus a "lensgen" block: default size, steps, CFG, size limits
+    model_index.json     component list, plus a "lensgen" block: default size, steps, CFG, size rules
+                         (size_multiple = pixels per token side, max_side), read before the weights load
     transformer/         config.json + diffusion_pytorch_model.safetensors
     vae/                 the latent codec (a FLUX.2-class VAE folder, or a pixel codec's config)
     text_encoder/        the frozen text encoder's config (and weights location)
@@ -11,9 +12,11 @@ A pipeline folder (diffusers-style):
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -33,6 +36,36 @@ MODEL_INDEX = "model_index.json"
 DEFAULT_MODEL_DIR = Path(__file__).parents[1] / "assets" / "shapes-tiny"
 
 
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """The device to load onto, refused with a clear message when torch cannot parse it or this machine lacks
+    it (loading would otherwise fail deep inside a weight loader, e.g. on pin_memory)."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"unknown device '{device}': expected cpu, cuda, cuda:N or mps") from None
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(dev.type)
+    if available is None:
+        available = getattr(getattr(torch, dev.type, None), "is_available", None)
+    if available is not None and not available():
+        build = f", and this torch {torch.__version__} has no CUDA support" if dev.type == "cuda" and \
+            not torch.version.cuda else ""
+        raise UserError(f"device '{device}': {dev.type.upper()} is not available on this machine{build}; "
+                        f"use cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= (n := torch.cuda.device_count()):
+        raise UserError(f"device '{device}' does not exist: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+    return dev
+
+
+def check_sampling(steps: int, cfg: float, steps_name: str = "steps", cfg_name: str = "cfg") -> None:
+    """Refuse steps < 1 and a CFG that is negative or not finite (NaN or inf give a black image, silently)."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise UserError(f"{steps_name} must be a whole number of at least 1, got {steps!r}")
+    if isinstance(cfg, bool) or not isinstance(cfg, numbers.Real) or not math.isfinite(cfg) or cfg < 0:
+        raise UserError(f"{cfg_name} must be a finite number >= 0 (1 = no guidance), got {cfg!r}")
+
+
 @dataclass
 class PipelineDefaults:
     """What `lensgen generate` uses when the user does not say."""
@@ -44,10 +77,28 @@ class PipelineDefaults:
     max_side: int = 1440
     # noise schedule shift: "empirical" (FLUX.2's, for Lens), "train" (the training shift), or a fixed mu
     schedule: str | float = "empirical"
+    # image pixels per token side (the codec's spatial_factor): sizes are checked with it before the weights
+    # load. None in folders saved before it was stored; the pipeline then takes it from its codec.
+    size_multiple: int | None = None
 
-    def sampling(self, steps: int | None, cfg: float | None) -> tuple[int, float]:
-        """The steps and CFG scale a call samples with: the ones given, else these defaults."""
-        return steps or self.steps, self.cfg if cfg is None else cfg
+    def sampling(self, steps: int | None, cfg: float | None, steps_name: str = "steps",
+                 cfg_name: str = "cfg") -> tuple[int, float]:
+        """The steps and CFG scale a call samples with: the ones given (0 is refused, not defaulted), else
+        these defaults."""
+        steps = self.steps if steps is None else steps
+        cfg = self.cfg if cfg is None else cfg
+        check_sampling(steps, cfg, steps_name, cfg_name)
+        return steps, cfg
+
+    def resolve_size(self, height: int | None, width: int | None, multiple: int | None = None) -> tuple[int, int]:
+        """The (height, width) a call samples at: the ones given (0 is refused, not defaulted), else these
+        defaults; checked against `multiple` (default size_multiple) and max_side when a multiple is known."""
+        height = self.height if height is None else height
+        width = self.width if width is None else width
+        multiple = multiple or self.size_multiple
+        if multiple is None:
+            return height, width
+        return validate_size(height, width, multiple=multiple, max_side=self.max_side)
 
     @classmethod
     def from_dict(cls, d: dict) -> PipelineDefaults:
@@ -57,7 +108,39 @@ class PipelineDefaults:
             schedule_mu(defaults.schedule, 256, defaults.steps)
         except ValueError as err:
             raise UserError(f"{MODEL_INDEX}: lensgen.schedule: {err}") from None
+        check_sampling(defaults.steps, defaults.cfg, f"{MODEL_INDEX}: lensgen.steps", f"{MODEL_INDEX}: lensgen.cfg")
+        m = defaults.size_multiple
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise UserError(f"{MODEL_INDEX}: lensgen.size_multiple must be a positive whole number (pixels per "
+                            f"token side), got {m!r}")
         return defaults
+
+
+def read_model_index(directory: str | os.PathLike) -> dict:
+    """model_index.json of a model folder, after checking the folder's layout: cheap (no weights), so a
+    command can check its arguments against the model's defaults before the slow load."""
+    directory = Path(directory)
+    index_path = directory / MODEL_INDEX
+    if not directory.is_dir():
+        raise UserError(f"model folder {directory} does not exist")
+    if not index_path.is_file():
+        raise UserError(f"{directory} is not a lensgen model folder: {MODEL_INDEX} is missing "
+                        f"(expected {MODEL_INDEX}, transformer/, vae/, text_encoder/)")
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"malformed {index_path}: {err}") from None
+    if not isinstance(index, dict) or not isinstance(index.get("lensgen", {}), dict):
+        raise UserError(f"malformed {index_path}: expected an object with a \"lensgen\" object")
+    for part in ("transformer", "vae", "text_encoder"):
+        if not (directory / part).is_dir():
+            raise UserError(f"model folder {directory} has no {part}/ sub-folder")
+    return index
+
+
+def read_defaults(directory: str | os.PathLike) -> PipelineDefaults:
+    """The sampling defaults and size rules of a model folder, without loading its weights."""
+    return PipelineDefaults.from_dict(read_model_index(directory).get("lensgen", {}))
 
 
 class LensPipeline:
@@ -72,7 +155,13 @@ class LensPipeline:
         self.transformer = transformer.eval()
         self.codec = codec
         self.text_encoder = text_encoder
-        self.defaults = defaults or PipelineDefaults()
+        defaults = defaults or PipelineDefaults()
+        if defaults.size_multiple is None:
+            defaults = replace(defaults, size_multiple=codec.spatial_factor)
+        elif defaults.size_multiple != codec.spatial_factor:
+            raise UserError(f"size_multiple {defaults.size_multiple} does not match the codec's "
+                            f"{codec.spatial_factor} pixels per token")
+        self.defaults = defaults
         self.name = name
         cfg = transformer.config
         if codec.token_channels != cfg.in_channels:
@@ -100,27 +189,20 @@ class LensPipeline:
     def from_pretrained(cls, directory: str | os.PathLike, device: str | None = None,
                         dtype: torch.dtype | None = None) -> LensPipeline:
         """Load every component straight onto `device` (a 20B text encoder must not pass through CPU fp32).
-        dtype: None means fp32 on CPU, bf16 on CUDA."""
-        if dtype is None and device is not None and torch.device(device).type == "cuda":
+        dtype: None means fp32 on CPU, bf16 on CUDA. A device torch cannot parse or this machine lacks is a
+        UserError, before anything loads."""
+        dev = check_device(device)
+        if dtype is None and dev is not None and dev.type == "cuda":
             dtype = torch.bfloat16
         directory = Path(directory)
-        index_path = directory / MODEL_INDEX
-        if not directory.is_dir():
-            raise UserError(f"model folder {directory} does not exist")
-        if not index_path.is_file():
-            raise UserError(f"{directory} is not a lensgen model folder: {MODEL_INDEX} is missing "
-                            f"(expected {MODEL_INDEX}, transformer/, vae/, text_encoder/)")
-        try:
-            index = json.loads(index_path.read_text())
-        except json.JSONDecodeError as err:
-            raise UserError(f"malformed {index_path}: {err}") from None
-        for part in ("transformer", "vae", "text_encoder"):
-            if not (directory / part).is_dir():
-                raise UserError(f"model folder {directory} has no {part}/ sub-folder")
+        index = read_model_index(directory)
+        defaults = PipelineDefaults.from_dict(index.get("lensgen", {}))
         transformer = LensTransformer2DModel.from_pretrained(directory / "transformer", device=device, dtype=dtype)
         codec = LatentCodec.from_pretrained(directory / "vae", device=device, dtype=dtype)
         text_encoder = TextEncoder.from_pretrained(directory / "text_encoder", device=device, dtype=dtype)
-        defaults = PipelineDefaults.from_dict(index.get("lensgen", {}))
+        if defaults.size_multiple not in (None, codec.spatial_factor):
+            raise UserError(f"{directory / MODEL_INDEX}: lensgen.size_multiple is {defaults.size_multiple} but "
+                            f"the codec in vae/ has {codec.spatial_factor} pixels per token side")
         return cls(transformer, codec, text_encoder, defaults, name=index.get("name", directory.name))
 
     def save_pretrained(self, directory: str | os.PathLike, storage: str = "fp32") -> None:
@@ -137,10 +219,12 @@ class LensPipeline:
             "transformer": ["lensgen", "LensTransformer2DModel"],
             "vae": ["lensgen", type(self.codec).__name__],
             "text_encoder": ["lensgen", type(self.text_encoder).__name__],
-            "lensgen": asdict(self.defaults),
+            # the codec decides the size rule; stored so a command can check sizes before loading weights
+            "lensgen": asdict(replace(self.defaults, size_multiple=self.codec.spatial_factor)),
         })
 
     def to(self, device) -> LensPipeline:
+        check_device(device)
         self.transformer.to(device)
         self.codec.to(device)
         self.text_encoder.to(device)
@@ -157,13 +241,17 @@ class LensPipeline:
                               f"{limit:,} tokens ({prompt[:40]!r}...) affect the image", LensgenWarning,
                               stacklevel=3)
 
-    def encode_prompts(self, prompts: list[str], negative_prompt: str, guided: bool) -> TextFeatures:
-        """Features for the batch; with guidance, [cond; uncond] stacked (padded to one length)."""
-        self.warn_truncated([*prompts, negative_prompt] if guided else prompts)
+    def encode_prompts(self, prompts: list[str], negative_prompt: str | list[str], guided: bool) -> TextFeatures:
+        """Features for the batch; with guidance, [cond; uncond] stacked (padded to one length).
+        negative_prompt: one for the batch, or one per prompt."""
+        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(negatives) != len(prompts):
+            raise UserError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
+        self.warn_truncated([*prompts, *negatives] if guided else prompts)
         cond = self.text_encoder.encode(prompts)
         if not guided:
             return cond
-        return TextFeatures.cat([cond, self.text_encoder.encode([negative_prompt] * len(prompts))])
+        return TextFeatures.cat([cond, self.text_encoder.encode(negatives)])
 
     def initial_noise(self, seeds: list[int], height: int, width: int) -> torch.Tensor:
         """(B, h*w, C) Gaussian tokens; each sample's noise depends only on its own seed."""
@@ -180,22 +268,18 @@ class LensPipeline:
         steps: int | None = None,
         cfg: float | None = None,
         seed: int | list[int] = 0,
-        negative_prompt: str = "",
+        negative_prompt: str | list[str] = "",
         progress: bool = False,
         output_type: str = "pil",
     ) -> list[Image.Image] | torch.Tensor:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise UserError("no prompt given")
-        height = height or self.defaults.height
-        width = width or self.defaults.width
+        height, width = self.defaults.resolve_size(height, width, multiple=self.codec.spatial_factor)
         steps, cfg = self.defaults.sampling(steps, cfg)
-        validate_size(height, width, multiple=self.codec.spatial_factor, max_side=self.defaults.max_side)
         seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
         if len(seeds) != len(prompts):
             raise UserError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        if steps < 1:
-            raise UserError(f"steps must be at least 1, got {steps}")
 
         grid = (height // self.codec.spatial_factor, width // self.codec.spatial_factor)
         guided = cfg != 1.0
@@ -217,4 +301,5 @@ class LensPipeline:
         return to_pil(images)
 
 
-__all__ = ["DEFAULT_MODEL_DIR", "LensPipeline", "PipelineDefaults"]
+__all__ = ["DEFAULT_MODEL_DIR", "LensPipeline", "PipelineDefaults", "check_device", "check_sampling",
+           "read_defaults", "read_model_index"]

@@ -8,8 +8,11 @@ that JSON resolve against the folder, so a model folder can be moved as a whole.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,6 +21,24 @@ from torch import nn
 
 from lensgen.errors import UserError
 from lensgen.io import atomic_write_json
+
+
+@contextlib.contextmanager
+def quiet_progress_bars(*libraries: str) -> Iterator[None]:
+    """No progress bars from these Hugging Face libraries ("transformers", "diffusers") inside the block,
+    the previous setting restored after: loading a small component takes a fraction of a second, and its
+    "Loading weights" bar would clutter every command and ignore `-q`."""
+    restore = []
+    for name in libraries:
+        hf_logging = importlib.import_module(f"{name}.utils.logging")
+        if hf_logging.is_progress_bar_enabled():
+            hf_logging.disable_progress_bar()
+            restore.append(hf_logging.enable_progress_bar)
+    try:
+        yield
+    finally:
+        for enable in restore:
+            enable()
 
 
 class FrozenModule(nn.Module):

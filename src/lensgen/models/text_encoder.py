@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from lensgen.errors import UserError
-from lensgen.models.frozen import FrozenModule, read_component_config
+from lensgen.models.frozen import FrozenModule, quiet_progress_bars, read_component_config
 
 CONFIG_NAME = "lensgen_text_encoder.json"
 
@@ -205,7 +205,8 @@ class MiniLMTextEncoder(TextEncoder):
         if not (folder / "config.json").is_file():
             raise UserError(f"MiniLM text encoder folder {folder} has no config.json")
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(folder), local_files_only=True, dtype=dtype or torch.float32)
+        with quiet_progress_bars("transformers"):  # 22M parameters: instant, a bar would only clutter
+            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True, dtype=dtype or torch.float32)
         blocks = self.model.encoder.layer
         self.layers = _check_layers(self.config.layers, len(blocks), f"MiniLM ({len(blocks)} blocks)")
         limit = self.model.config.max_position_embeddings

@@ -20,7 +20,7 @@ import torch
 
 from lensgen.errors import UserError
 from lensgen.io import atomic_write_json
-from lensgen.models.frozen import FrozenModule, read_component_config
+from lensgen.models.frozen import FrozenModule, quiet_progress_bars, read_component_config
 
 CONFIG_NAME = "lensgen_codec.json"
 # The Shapes VAE (`lensgen train-vae`) shipped with the Shapes model: a flux2-vae codec without a path.
@@ -143,7 +143,8 @@ class Flux2VAECodec(LatentCodec):
         if not (path / "config.json").is_file():
             raise UserError(f"FLUX.2 VAE folder {path} is missing or has no config.json")
         try:
-            vae = AutoencoderKLFlux2.from_pretrained(str(path), torch_dtype=dtype or torch.float32)
+            with quiet_progress_bars("diffusers"):
+                vae = AutoencoderKLFlux2.from_pretrained(str(path), torch_dtype=dtype or torch.float32)
         except (OSError, ValueError, KeyError) as err:
             raise UserError(f"cannot load a FLUX.2 VAE (AutoencoderKLFlux2) from {path}: {err}") from None
         codec = cls(vae, path=str(path), sample=sample)
