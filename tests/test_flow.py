@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lensgen.flow.sampler import SAMPLER_PRESETS, cfg_velocity_fn, euler_sample, guided_velocity
+from lensgen.flow.sampler import cfg_velocity_fn, euler_sample, guided_velocity
 from lensgen.flow.schedule import empirical_mu, sampling_sigmas, schedule_mu, shift_sigma, train_mu
 
 
@@ -79,9 +79,3 @@ def test_euler_integrates_straight_flow_exactly():
 
     out = euler_sample(true_velocity, eps.clone(), sigmas)
     torch.testing.assert_close(out, x0, rtol=1e-5, atol=1e-5)
-
-
-def test_presets():
-    assert (SAMPLER_PRESETS["lens"].steps, SAMPLER_PRESETS["lens"].cfg) == (20, 5.0)
-    assert SAMPLER_PRESETS["base"].steps == 50
-    assert (SAMPLER_PRESETS["turbo"].steps, SAMPLER_PRESETS["turbo"].cfg) == (4, 1.0)

@@ -9,26 +9,12 @@ prediction, which keeps high guidance from blowing up the velocity's magnitude.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 # velocity_fn(x (B, N, C), sigma (B,)) -> v (B, N, C); conditioning is bound by the caller.
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class SamplerPreset:
-    steps: int
-    cfg: float
-
-
-SAMPLER_PRESETS = {
-    "lens": SamplerPreset(steps=20, cfg=5.0),
-    "base": SamplerPreset(steps=50, cfg=5.0),
-    "turbo": SamplerPreset(steps=4, cfg=1.0),  # distilled: no uncond pass
-}
 
 
 def guided_velocity(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
