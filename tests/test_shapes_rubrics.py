@@ -52,3 +52,13 @@ def test_scene_rubrics_on_own_render_and_text_item():
         assert score(render(scene, 64, 64), rubrics_for(scene)).total > 0.9
     text = score(_img('a sign that says "OPEN"'), rubrics_for('a sign that says "OPEN"'))
     assert [it.kind for it, _ in text.items] == ["text"] and text.total > 0.95
+
+
+def test_rubrics_round_trip_through_json():
+    import json
+
+    from lensgen.shapes.rubrics import Rubrics, rubrics_for
+
+    rubrics = rubrics_for("a photo of a red circle left of two blue stars")
+    again = Rubrics.from_dict(json.loads(json.dumps(rubrics.to_dict())))
+    assert again == rubrics and len(again.items) == 7 and again.expected == {"circle": 1, "star": 2}

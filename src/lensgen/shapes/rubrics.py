@@ -16,7 +16,7 @@ image that fails any one item outright earns at most 0.25.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -24,7 +24,7 @@ from PIL import Image
 from lensgen.shapes.captions import region
 from lensgen.shapes.judge import DetectedObject, Detection, detect
 from lensgen.shapes.ocr import text_similarity
-from lensgen.shapes.prompt import PromptSpec, parse_prompt
+from lensgen.shapes.prompt import ObjectReq, PromptSpec, parse_prompt
 from lensgen.shapes.relations import relation_strength, relative_position
 from lensgen.shapes.scene import Scene, object_box
 from lensgen.shapes.vocab import NUMBER_WORDS, plural
@@ -47,6 +47,15 @@ class Rubrics:
     items: list[RubricItem]
     expected: dict[str, int]  # shape -> how many objects of it the prompt accounts for
     exact: bool  # whether further objects count as extra
+
+    def to_dict(self) -> dict:
+        """A JSON-ready form (the RL prompt files store it); `from_dict` reads it back."""
+        return {"items": [asdict(it) for it in self.items], "expected": dict(self.expected), "exact": self.exact}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Rubrics:
+        return cls([RubricItem(**it) for it in d["items"]], {k: int(v) for k, v in d["expected"].items()},
+                   bool(d["exact"]))
 
 
 @dataclass
@@ -87,8 +96,6 @@ def _from_spec(spec: PromptSpec) -> list[RubricItem]:
 
 def _from_scene(scene: Scene) -> list[RubricItem]:
     groups = Counter((o.colour, o.shape) for o in scene.objects)
-    from lensgen.shapes.prompt import ObjectReq
-
     spec = PromptSpec([ObjectReq(s, c, n) for (c, s), n in groups.items()], text=scene.sign.word if scene.sign else None)
     items = _from_spec(spec)
     unique = [o for o in scene.objects if groups[(o.colour, o.shape)] == 1]

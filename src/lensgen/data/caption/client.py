@@ -1,4 +1,4 @@
-"""A small OpenAI-compatible chat-completions client for image captioning (vLLM, Ollama, OpenAI, Azure).
+"""A small OpenAI-compatible chat-completions client (vLLM, Ollama, OpenAI, Azure): captioning, judging, writing.
 
 One `requests.Session` per thread. Every failure is classified: `TransientError` (HTTP 429 and 5xx,
 408, timeouts, connection errors, a reply that is not the expected JSON) is worth retrying after a
@@ -81,16 +81,16 @@ class ChatClient:
             self._local.session = requests.Session()
         return self._local.session
 
-    def complete(self, prompt: str, image_url: str, max_tokens: int, temperature: float) -> Reply:
-        body = {
-            "model": self.endpoint.model,
-            "messages": [{"role": "user", "content": [
-                {"type": "text", "text": prompt},
-                {"type": "image_url", "image_url": {"url": image_url}},
-            ]}],
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-        }
+    def complete(self, prompt: str, image_url: str | None, max_tokens: int, temperature: float,
+                 system: str | None = None) -> Reply:
+        """One chat completion: the user turn holds `prompt` and, when given, the image (a data URL)."""
+        content: list[dict] = [{"type": "text", "text": prompt}]
+        if image_url is not None:
+            content.append({"type": "image_url", "image_url": {"url": image_url}})
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": content})
+        body = {"model": self.endpoint.model, "messages": messages, "max_tokens": max_tokens,
+                "temperature": temperature}
         try:
             response = self._session().post(self.endpoint.url, json=body, headers=self.endpoint.headers,
                                             timeout=self.timeout)

@@ -63,14 +63,17 @@ class Endpoint:
         return f"Endpoint(url={self.url!r}, model={self.model!r})"
 
 
-def resolve_endpoint(config: CaptionConfig) -> Endpoint:
-    base = config.base_url or os.environ.get("LENSGEN_CAPTION_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
-    model = config.model or os.environ.get("LENSGEN_CAPTION_MODEL")
+def resolve_endpoint(config, env_prefix: str = "LENSGEN_CAPTION", purpose: str = "captioning") -> Endpoint:
+    """The chat-completions endpoint of any config with base_url, model, api_key_env and azure_api_version
+    (the captioner's, the RL judge's, the prompt writer's); base URL and model fall back to
+    `{env_prefix}_BASE_URL` (then OPENAI_BASE_URL) and `{env_prefix}_MODEL`."""
+    base = config.base_url or os.environ.get(f"{env_prefix}_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+    model = config.model or os.environ.get(f"{env_prefix}_MODEL")
     if not base:
-        raise UserError("no captioning endpoint: set base_url in the caption config or LENSGEN_CAPTION_BASE_URL "
+        raise UserError(f"no {purpose} endpoint: set base_url in the config or {env_prefix}_BASE_URL "
                         "(e.g. http://localhost:8000/v1 for vLLM)")
     if not model:
-        raise UserError("no captioning model: set model in the caption config or LENSGEN_CAPTION_MODEL")
+        raise UserError(f"no {purpose} model: set model in the config or {env_prefix}_MODEL")
     key = os.environ.get(config.api_key_env) or None
     url = base.rstrip("/") + "/chat/completions"
     headers = {"Content-Type": "application/json"}
