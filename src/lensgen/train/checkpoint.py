@@ -43,14 +43,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
 
 
-def _app_state(model, optimizer, ema) -> dict[str, Any]:
+def _app_state(model, optimizer, ema, extra: dict[str, dict] | None = None) -> dict[str, Any]:
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    return {"model": model_sd, "optim": optim_sd, "ema": ema.state_dict()}
+    return {"model": model_sd, "optim": optim_sd, "ema": ema.state_dict(), **(extra or {})}
 
 
 def save_checkpoint(root: Path, step: int, model, optimizer, ema, meta: dict, info: DistInfo, keep: int = 2,
-                    rank_meta: dict | None = None) -> Path:
-    """`meta` is written once (by rank 0); `rank_meta` by every rank, and wins over `meta` at load."""
+                    rank_meta: dict | None = None, extra: dict[str, dict] | None = None) -> Path:
+    """`meta` is written once (by rank 0); `rank_meta` by every rank, and wins over `meta` at load.
+    `extra`: more named state dicts of tensors (an RL run's old policy and reference), loaded back in place."""
     root = Path(root)
     final = root / f"step-{step:08d}"
     tmp = root / f"step-{step:08d}.tmp"
@@ -58,7 +59,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, ema, meta: dict, in
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier(info)
-    dcp.save(_app_state(model, optimizer, ema), checkpoint_id=str(tmp))
+    dcp.save(_app_state(model, optimizer, ema, extra), checkpoint_id=str(tmp))
     torch.save(rng_state(), tmp / f"rng-rank{info.rank}.pt")
     if rank_meta is not None:
         atomic_write_json(tmp / f"rank{info.rank}.json", rank_meta)
@@ -82,9 +83,9 @@ def latest_checkpoint(root: Path) -> Path | None:
     return path if (path / "meta.json").is_file() else None
 
 
-def load_checkpoint(path: Path, model, optimizer, ema, info: DistInfo) -> dict:
-    """Restore everything in place; returns meta (step, this rank's sampler state, ...)."""
-    state = _app_state(model, optimizer, ema)
+def load_checkpoint(path: Path, model, optimizer, ema, info: DistInfo, extra: dict[str, dict] | None = None) -> dict:
+    """Restore everything in place (the tensors of `extra` too); returns meta (step, this rank's sampler state, ...)."""
+    state = _app_state(model, optimizer, ema, extra)
     dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     ema.load_state_dict(state["ema"])

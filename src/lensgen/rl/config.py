@@ -1,0 +1,152 @@
+"""Typed configuration of `lensgen rl`: the sections of its YAML file, read by `lensgen.config.load_config`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lensgen.config import Override, Validated
+from lensgen.config import load_config as load_typed_config
+from lensgen.flow.sampler import SOLVERS
+
+
+@dataclass
+class RLModelConfig:
+    init_from: str = "src/lensgen/assets/shapes-tiny"  # the pretrained pipeline folder RL starts from (and the KL reference)
+    lora_rank: int = 0  # 0: full fine-tuning; > 0: LoRA adapters (peft) of this rank on the attention and MLP linears
+    lora_alpha: float = 0.0  # 0: the rank (scale 1)
+
+
+@dataclass
+class RLDataConfig:
+    prompts: str = "data/rl-prompts.jsonl"  # `lensgen data rl-prompts` output (prompt, rubric per line)
+    fraction: float = 1.0  # use the first fraction of the prompts (the coverage ablation: 0.25, 0.5, 1)
+    prompts_per_step: int = 16  # Lens: 48
+    images_per_prompt: int = 8  # G, the group size; Lens: 24
+    buckets_per_prompt: int = 2  # a group's images spread over this many buckets (sizes) of the table
+    bases: list[int] = field(default_factory=lambda: [48, 64, 80])  # bucket size classes (as training)
+    multiple: int = 8
+
+
+@dataclass
+class RLSampleConfig:
+    solver: str = "dpm2"  # euler | dpm2 (DPM-Solver++ 2M, as the reference)
+    steps: int = 10  # sampler steps of data collection (CFG-free)
+    batch_size: int = 32  # images per sampler call
+    timestep_fraction: float = 0.99  # train on the first int(steps * fraction) noise levels of the sampler's grid
+
+
+@dataclass
+class RLRewardConfig:
+    weights: dict = field(default_factory=lambda: {"rubric": 0.5, "geneval": 0.5})  # reward name -> weight
+    judge: dict = field(default_factory=dict)  # the VLM judge's settings (base_url, model, ...) when "vlm" is used
+
+
+@dataclass
+class RLOptimConfig:
+    steps: int = 200  # RL steps (one collection + one optimiser step each)
+    lr: float = 3e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    train_batch_size: int = 32  # samples per forward/backward
+    nft_beta: float = 1.0  # beta of the implicit policies
+    adaptive_weight: bool = True  # the per-sample adaptive weighting of the x0 regression (as published)
+    kl_weight: float = 1e-4  # pull to the reference (the pretrained model); 0 skips the reference pass
+    adv_clip: float = 5.0
+    old_decay_rate: float = 0.001  # eta = min(rate * step, cap)
+    old_decay_cap: float = 0.5
+    ema_decay: float = 0.9  # the evaluation EMA (what is exported)
+    seed: int = 0
+
+
+@dataclass
+class RLSystemConfig:
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    activation_checkpointing: bool = False
+    compile: bool = False
+    fsdp: bool | str = "auto"
+    threads: int | None = None
+    reward_workers: int = 2  # threads scoring rewards while the next batch samples
+
+
+@dataclass
+class RLLogConfig:
+    every: int = 1
+    eval_every: int = 25  # held-out ShapesEval on a fixed subset (0 = never)
+    eval_limit: int = 4  # prompts per task in that subset
+    eval_images_per_prompt: int = 2
+    eval_steps: int = 20  # sampler steps of the evaluation (the export's default)
+    tensorboard: bool = True
+
+
+@dataclass
+class RLCheckpointConfig:
+    every: int = 10
+    keep: int = 2
+    export_storage: str = "fp32"  # fp32 | bf16 | int8
+    export_steps: int = 20  # the exported pipeline's default sampler steps (CFG 1: no uncond pass)
+
+
+@dataclass
+class RLConfig(Validated):
+    out_dir: str = "runs/rl-shapes"
+    model: RLModelConfig = field(default_factory=RLModelConfig)
+    data: RLDataConfig = field(default_factory=RLDataConfig)
+    sample: RLSampleConfig = field(default_factory=RLSampleConfig)
+    reward: RLRewardConfig = field(default_factory=RLRewardConfig)
+    optim: RLOptimConfig = field(default_factory=RLOptimConfig)
+    system: RLSystemConfig = field(default_factory=RLSystemConfig)
+    log: RLLogConfig = field(default_factory=RLLogConfig)
+    checkpoint: RLCheckpointConfig = field(default_factory=RLCheckpointConfig)
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        d, s, o = self.data, self.sample, self.optim
+        return [
+            (self.model.lora_rank >= 0, "model.lora_rank", "0 (full fine-tuning) or a positive rank"),
+            (0 < d.fraction <= 1, "data.fraction", "a fraction in (0, 1]"),
+            (d.prompts_per_step >= 1, "data.prompts_per_step", "a positive integer"),
+            (d.images_per_prompt >= 2, "data.images_per_prompt", "at least 2 (advantages compare a group)"),
+            (1 <= d.buckets_per_prompt <= d.images_per_prompt, "data.buckets_per_prompt",
+             "between 1 and data.images_per_prompt"),
+            (bool(d.bases) and all(b > 0 for b in d.bases), "data.bases", "positive sizes"),
+            (s.solver in SOLVERS, "sample.solver", " or ".join(SOLVERS)),
+            (s.steps >= 1, "sample.steps", "a positive integer"),
+            (s.batch_size >= 1, "sample.batch_size", "a positive integer"),
+            (0 < s.timestep_fraction <= 1 and int(s.steps * s.timestep_fraction) >= 1, "sample.timestep_fraction",
+             "a fraction in (0, 1] leaving at least one training noise level"),
+            (bool(self.reward.weights), "reward.weights", "at least one reward, e.g. {rubric: 1.0}"),
+            (o.steps >= 1, "optim.steps", "a positive integer"),
+            (o.lr > 0, "optim.lr", "a positive number"),
+            (len(o.betas) == 2, "optim.betas", "two numbers"),
+            (o.train_batch_size >= 1, "optim.train_batch_size", "a positive integer"),
+            (o.nft_beta > 0, "optim.nft_beta", "a positive number"),
+            (o.kl_weight >= 0, "optim.kl_weight", "a number >= 0"),
+            (o.adv_clip > 0, "optim.adv_clip", "a positive number"),
+            (0 <= o.old_decay_cap < 1 and o.old_decay_rate >= 0, "optim.old_decay_cap",
+             "0 <= cap < 1 (and a rate >= 0)"),
+            (0 <= o.ema_decay < 1, "optim.ema_decay", "a decay in [0, 1)"),
+            (self.system.device in ("auto", "cpu", "cuda"), "system.device", "auto, cpu or cuda"),
+            (self.system.precision in ("auto", "fp32", "bf16"), "system.precision", "auto, fp32 or bf16"),
+            (self.system.fsdp in ("auto", True, False), "system.fsdp", "auto, true or false"),
+            (self.system.reward_workers >= 1, "system.reward_workers", "a positive integer"),
+            (self.checkpoint.every >= 1 and self.checkpoint.keep >= 1, "checkpoint.every",
+             "positive every and keep"),
+            (self.checkpoint.export_storage in ("fp32", "bf16", "int8"), "checkpoint.export_storage",
+             "fp32, bf16 or int8"),
+        ]
+
+
+def load_rl_config(path: str | Path, overrides: Iterable[Override] = ()) -> RLConfig:
+    """A `lensgen rl` config file with `--set` overrides applied."""
+    return load_typed_config(RLConfig, path, overrides)
+
+
+def rl_config_to_dict(config: RLConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+__all__ = ["RLConfig", "load_rl_config", "rl_config_to_dict"]

@@ -1,0 +1,421 @@
+"""`lensgen rl`: DiffusionNFT post-training of a pretrained pipeline, from one CPU to many GPUs.
+
+One RL step: draw prompts; the old policy samples each prompt's group of images CFG-free with a
+deterministic solver (each sampler call one size; scoring of a batch runs in a thread while the next
+batch samples); rewards become group advantages (statistics over the whole group, gathered across
+ranks; a sample whose reward failed is left out); the policy trains with the NFT loss on the collected
+images at the sampler's own noise levels (one optimiser step); the evaluation EMA and the old policy
+follow. Checkpoints hold everything a resumed run needs, so stopping and resuming gives the same losses.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from lensgen.data.buckets import BucketTable
+from lensgen.data.rl_prompts import load_rl_prompts
+from lensgen.flow.sampler import sample as solve
+from lensgen.flow.schedule import sampling_sigmas
+from lensgen.images import to_pil
+from lensgen.inference.pipeline import LensPipeline, PipelineDefaults, read_model_index
+from lensgen.io import atomic_write_json, atomic_write_text
+from lensgen.models.text_encoder import TextEncoder
+from lensgen.models.transformer import LensTransformer2DModel
+from lensgen.models.vae import LatentCodec
+from lensgen.rl import nft
+from lensgen.rl.batches import Job, PromptSampler, by_bucket, noise_seed, plan_jobs, rank_jobs
+from lensgen.rl.config import RLConfig, rl_config_to_dict
+from lensgen.rl.policy import PolicyModels
+from lensgen.rl.rewards import AsyncRewards, RewardResult, build_reward, reward_stats
+from lensgen.train import checkpoint as ckpt
+from lensgen.train.ema import EMA
+from lensgen.train.parallel import DistInfo, all_reduce_mean, apply_fsdp, full_tensor, init_distributed
+from lensgen.train.text_cache import CachedTextEncoder
+from lensgen.train.trainer import build_optimizer, parallelize
+
+
+@dataclass
+class Sample:
+    """A collected image: its job, clean tokens (N, C) on CPU, token grid, reward and whether it is valid."""
+
+    job: Job
+    tokens: torch.Tensor
+    grid: tuple[int, int]
+    reward: float = 0.0
+    valid: bool = True
+    advantage: float = 0.0
+
+
+class NFTTrainer:
+    """One RL run, built from the config, then `run()`."""
+
+    def __init__(self, config: RLConfig, resume: bool = False, progress: bool = True):
+        self.cfg = config
+        self.info: DistInfo = init_distributed(config.system.device)
+        if config.system.threads:
+            torch.set_num_threads(config.system.threads)
+        self.out = Path(config.out_dir)
+        self.progress = progress and self.info.is_main
+        self.device = self.info.device
+        cuda = self.device.type == "cuda"
+        self.bf16 = config.system.precision == "bf16" or (config.system.precision == "auto" and cuda)
+        torch.manual_seed(config.optim.seed)
+
+        init = Path(config.model.init_from)
+        index = read_model_index(init)
+        self.base_defaults = PipelineDefaults.from_dict(index.get("lensgen", {}))
+        self.base_name = index.get("name", init.name)
+        frozen_dtype = torch.bfloat16 if self.bf16 else torch.float32
+        self.text_encoder = TextEncoder.from_pretrained(init / "text_encoder", device=self.device, dtype=frozen_dtype)
+        self.text = CachedTextEncoder(self.text_encoder)  # the prompt set is finite: encode each prompt once
+        self.codec = LatentCodec.from_pretrained(init / "vae", device=self.device)
+        model = LensTransformer2DModel.from_pretrained(init / "transformer").to(self.device).train()
+        self.policy = PolicyModels(model, config.model.lora_rank, config.model.lora_alpha,
+                                   with_reference=config.optim.kl_weight > 0)
+        use_fsdp = parallelize(self.policy.model, config.system, self.info, self.bf16)
+        if use_fsdp:
+            for frozen in self.policy.frozen_modules():
+                apply_fsdp(frozen, torch.bfloat16 if self.bf16 else None)
+            self.policy.old_weights = list(self.policy.old_module.parameters()) if self.policy.old_module \
+                else self.policy.old_weights
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 and not use_fsdp \
+            else torch.autocast(self.device.type, enabled=False)
+        self.ema = EMA(self.policy.model, config.optim.ema_decay, trainable_only=True)
+        self.optimizer = build_optimizer(self.policy.model, _AdamWSettings(config), cuda)
+
+        self.prompts = self._load_prompts()
+        self.table = BucketTable(bases=tuple(config.data.bases), multiple=config.data.multiple)
+        self.sampler = PromptSampler(len(self.prompts), config.data.prompts_per_step, seed=config.optim.seed)
+        self.reward = build_reward(config.reward.weights, config.reward.judge or None)
+        self.scorer = AsyncRewards(self.reward, workers=config.system.reward_workers)
+        self.step = 0
+        self.ckpt_root = self.out / "checkpoints"
+        if resume:
+            self._resume()
+        self.writer = self._tensorboard()
+
+    # ---- building ---------------------------------------------------------------------------------
+
+    def _load_prompts(self) -> list:
+        prompts = load_rl_prompts(self.cfg.data.prompts)
+        keep = max(1, round(len(prompts) * self.cfg.data.fraction))
+        return prompts[:keep]
+
+    def _resume(self) -> None:
+        latest = ckpt.latest_checkpoint(self.ckpt_root)
+        if latest is None:
+            return
+        meta = ckpt.load_checkpoint(latest, self.policy.model, self.optimizer, self.ema, self.info,
+                                    extra=self.policy.checkpoint_state())
+        self.step = meta["step"]
+        self.sampler.load_state_dict(meta["prompt_sampler"])
+        if self.info.is_main:
+            print(f"resumed from {latest} at step {self.step}")
+            _truncate_metrics(self.out / "metrics.jsonl", self.step)
+
+    def _tensorboard(self):
+        if not (self.info.is_main and self.cfg.log.tensorboard):
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    # ---- one step: collect ------------------------------------------------------------------------
+
+    def sigmas(self, grid: tuple[int, int], steps: int) -> torch.Tensor:
+        return sampling_sigmas(steps, grid[0] * grid[1], schedule=self.base_defaults.schedule)
+
+    def _features(self, prompts: list[str]):
+        text = self.text.encode(prompts)
+        return text.features.to(self.device, self._dtype), text.mask.to(self.device)
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.bf16 else torch.float32
+
+    @torch.no_grad()
+    def collect(self, jobs: list[Job]) -> list[Sample]:
+        """Sample this rank's jobs with the old policy (one size per sampler call) and score them; the
+        scoring of a batch runs while the next one samples."""
+        cfg = self.cfg
+        samples: list[Sample] = []
+        pending: list[tuple[list[Sample], object]] = []
+        for batch in _padded(by_bucket(jobs, lambda j: j.bucket, cfg.sample.batch_size), self.info):
+            bucket = self.table[batch[0].bucket]
+            f = self.codec.spatial_factor
+            grid = (bucket.height // f, bucket.width // f)
+            texts = [self.prompts[j.prompt].prompt for j in batch]
+            feats, mask = self._features(texts)
+            noise = torch.stack([torch.randn(grid[0] * grid[1], self.codec.token_channels,
+                                             generator=torch.Generator().manual_seed(
+                                                 noise_seed(cfg.optim.seed, self.step, j.slot, j.index)))
+                                 for j in batch]).to(self.device)
+
+            def velocity(x, sigma, feats=feats, mask=mask, grid=grid):
+                with self.autocast:
+                    return self.policy.old(x, feats, sigma, grid, mask).float()
+
+            tokens = solve(velocity, noise, self.sigmas(grid, cfg.sample.steps), solver=cfg.sample.solver)
+            if getattr(batch, "dummy", False):
+                continue  # a padding batch: ran only to keep the ranks' collectives in step
+            latents = tokens.transpose(1, 2).unflatten(2, grid)
+            images = to_pil(self.codec.decode(latents.to(self.codec.dtype)).float().clamp(-1, 1))
+            made = [Sample(j, t.cpu(), grid) for j, t in zip(batch, tokens)]
+            rubrics = [self.prompts[j.prompt].rubric for j in batch]
+            pending.append((made, self.scorer.submit(images, texts, rubrics)))
+            samples += made
+        self._results: list[tuple[list[Sample], RewardResult]] = []
+        for made, future in pending:
+            result = future.result()
+            for s, score, ok in zip(made, result.scores.tolist(), result.valid.tolist()):
+                s.reward, s.valid = float(score), bool(ok)
+            self._results.append((made, result))
+        return samples
+
+    def advantages(self, samples: list[Sample], num_jobs: int) -> dict:
+        """Group advantages over the whole step (every rank's rewards gathered); returns reward statistics."""
+        local = torch.tensor([[s.job.slot, s.job.index, s.reward, float(s.valid)] for s in samples],
+                             dtype=torch.float64).reshape(-1, 4)
+        everything = _gather_rows(local, self.info)
+        order = torch.argsort(everything[:, 0] * 1_000_000 + everything[:, 1])
+        everything = everything[order]
+        groups, rewards, valid = everything[:, 0].long(), everything[:, 2].float(), everything[:, 3].bool()
+        adv = nft.group_advantages(rewards, groups, valid)
+        lookup = {(int(g), int(i)): float(a) for g, i, a in zip(groups, everything[:, 1], adv)}
+        for s in samples:
+            s.advantage = lookup[(s.job.slot, s.job.index)]
+        zero = [bool(valid[groups == g].sum() >= 2 and rewards[(groups == g) & valid].std(unbiased=False) == 0)
+                for g in torch.unique(groups)]
+        return {"reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
+                "reward_std": float(rewards[valid].std(unbiased=False)) if valid.any() else float("nan"),
+                "invalid_share": float((~valid).float().mean()), "zero_variance_groups": sum(zero) / len(zero),
+                "images": int(len(everything))}
+
+    # ---- one step: train --------------------------------------------------------------------------
+
+    def train_on(self, samples: list[Sample]) -> dict:
+        """The NFT loss over every valid sample at the sampler's noise levels; one optimiser step."""
+        cfg, o = self.cfg, self.cfg.optim
+        keep = [s for s in samples if s.valid]
+        levels = int(cfg.sample.steps * cfg.sample.timestep_fraction)
+        batches = _padded(by_bucket(keep, lambda s: s.job.bucket, o.train_batch_size), self.info,
+                          fallback=samples[:1])
+        total = max(1, len(keep))
+        parts_sum: dict[str, float] = {}
+        count = 0
+        for batch in batches:
+            weight = 0.0 if getattr(batch, "dummy", False) else len(batch) / total / levels
+            grid = batch[0].grid
+            feats, mask = self._features([self.prompts[s.job.prompt].prompt for s in batch])
+            x0 = torch.stack([s.tokens for s in batch]).to(self.device)
+            r = nft.optimality(torch.tensor([s.advantage for s in batch]), o.adv_clip).to(self.device)
+            sigmas = self.sigmas(grid, cfg.sample.steps)[:levels].float()
+            orders = [torch.randperm(levels, generator=torch.Generator().manual_seed(
+                noise_seed(o.seed, self.step, s.job.slot, s.job.index, 1))) for s in batch]
+            for j in range(levels):
+                sigma = torch.stack([sigmas[order[j]] for order in orders]).to(self.device)
+                eps = torch.stack([torch.randn(s.tokens.shape, generator=torch.Generator().manual_seed(
+                    noise_seed(o.seed, self.step, s.job.slot, s.job.index, 2, j))) for s in batch]).to(self.device)
+                s_ = sigma[:, None, None]
+                x_t = (1 - s_) * x0 + s_ * eps
+                with self.autocast:
+                    v_old = self.policy.old(x_t, feats, sigma, grid, mask).float()
+                    v_ref = self.policy.ref(x_t, feats, sigma, grid, mask)
+                    v = self.policy(x_t, feats, sigma, grid, mask).float()
+                loss, parts = nft.nft_loss(v, v_old, x_t, x0, sigma, r, beta=o.nft_beta,
+                                           v_ref=None if v_ref is None else v_ref.float(),
+                                           kl_weight=o.kl_weight, adv_clip=o.adv_clip,
+                                           adaptive=o.adaptive_weight)
+                (loss * weight).backward()
+                if weight:
+                    for k, val in parts.items():
+                        parts_sum[k] = parts_sum.get(k, 0.0) + float(val)
+                    count += 1
+        for p in self.policy.trainable:
+            if p.grad is None:  # the last block's text MLP feeds nothing: a zero keeps the optimiser state fixed
+                p.grad = torch.zeros_like(p)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.trainable, o.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.ema.update(self.policy.model, self.step)
+        eta = nft.old_policy_decay(self.step, o.old_decay_rate, o.old_decay_cap)
+        self.policy.update_old(eta)
+        metrics = {k: all_reduce_mean(torch.tensor(v / max(count, 1)), self.info).item() for k, v in parts_sum.items()}
+        metrics.update(grad_norm=float(full_tensor(grad_norm)), old_decay=eta, trained=len(keep))
+        return metrics
+
+    def rl_step(self) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        prompt_ids = self.sampler.next()
+        jobs = plan_jobs(prompt_ids, cfg.data.images_per_prompt, cfg.data.buckets_per_prompt, self.table,
+                         cfg.optim.seed, self.step)
+        mine = rank_jobs(jobs, self.info.rank, self.info.world_size)
+        samples = self.collect(mine)
+        t1 = time.perf_counter()
+        stats = self.advantages(samples, len(jobs))
+        stats.update(self._dimension_stats(prompt_ids))
+        t2 = time.perf_counter()
+        metrics = self.train_on(samples)
+        t3 = time.perf_counter()
+        return {"step": self.step, **stats, **metrics, "collect_s": t1 - t0, "train_s": t3 - t2,
+                "seconds": t3 - t0}
+
+    def _dimension_stats(self, prompt_ids: list[int]) -> dict:
+        """Reward mean and spread per rubric dimension, from this rank's scored images."""
+        results = [r for _, r in self._results]
+        groups = [[s.job.slot for s in made] for made, _ in self._results]
+        rubrics = [[self.prompts[s.job.prompt].rubric for s in made] for made, _ in self._results]
+        return reward_stats(results, rubrics, groups)
+
+    # ---- the loop ----------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.info.is_main:
+            atomic_write_json(self.out / "config.json", rl_config_to_dict(cfg))
+        start_step, start = self.step, time.perf_counter()
+        bar = tqdm(total=cfg.optim.steps, initial=self.step, desc="rl", disable=not self.progress)
+        last: dict = {}
+        while self.step < cfg.optim.steps:
+            last = self.rl_step()
+            if cfg.log.eval_every and (self.step % cfg.log.eval_every == 0 or self.step == cfg.optim.steps):
+                last.update(self.evaluate())
+            if self.info.is_main:
+                with open(self.out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(last) + "\n")
+                if self.writer:
+                    for k, v in last.items():
+                        if isinstance(v, int | float) and k != "step":
+                            self.writer.add_scalar(k, v, self.step)
+                bar.set_postfix(reward=f"{last['reward_mean']:.3f}", zero=f"{last['zero_variance_groups']:.2f}")
+            bar.update(1)
+            if self.step % cfg.checkpoint.every == 0 or self.step == cfg.optim.steps:
+                self.save()
+        bar.close()
+        self.scorer.shutdown()
+        export = self.export(self.out / "final")
+        elapsed = time.perf_counter() - start
+        summary = {"steps": self.step, "steps_this_run": self.step - start_step, "wall_s": elapsed,
+                   "steps_per_hour": (self.step - start_step) / max(elapsed, 1e-9) * 3600, "final": last,
+                   "export": str(export) if export else None, "world_size": self.info.world_size}
+        if self.info.is_main:
+            atomic_write_json(self.out / "summary.json", summary)
+            if self.writer:
+                self.writer.close()
+        return summary
+
+    def save(self) -> None:
+        meta = {"prompt_sampler": self.sampler.state_dict(), "config": rl_config_to_dict(self.cfg)}
+        ckpt.save_checkpoint(self.ckpt_root, self.step, self.policy.model, self.optimizer, self.ema, meta,
+                             self.info, keep=self.cfg.checkpoint.keep, extra=self.policy.checkpoint_state())
+
+    # ---- evaluation and export --------------------------------------------------------------------
+
+    def ema_model(self) -> LensTransformer2DModel | None:
+        """An unsharded plain transformer with the EMA weights (LoRA merged), on rank 0; a collective."""
+        ema = {k: full_tensor(v).detach().cpu() for k, v in self.ema.shadow.items()}
+        full = {k: full_tensor(v).detach().cpu() for k, v in self.policy.model.state_dict().items()}
+        if not self.info.is_main:
+            return None
+        state = self.policy.merged_state_dict({**full, **ema})
+        model = LensTransformer2DModel(self.policy.model.config)
+        model.load_state_dict(state)
+        return model.eval()
+
+    def pipeline(self, model: LensTransformer2DModel) -> LensPipeline:
+        defaults = PipelineDefaults(**{**self.base_defaults.__dict__, "cfg": 1.0,
+                                       "steps": self.cfg.checkpoint.export_steps})
+        return LensPipeline(model, self.codec, self.text_encoder, defaults,
+                            name=f"{self.base_name} + NFT step {self.step}")
+
+    def evaluate(self) -> dict:
+        """Held-out ShapesEval on a fixed subset with the EMA model, CFG-free (rank 0; the others wait)."""
+        from lensgen.eval.shapes import evaluate, pipeline_generator
+        from lensgen.shapes.evalset import load_prompts
+
+        model = self.ema_model()
+        out: dict = {}
+        if model is not None:
+            log = self.cfg.log
+            pipe = self.pipeline(model.to(self.device))
+            generate = pipeline_generator(pipe, pipe.defaults.height, pipe.defaults.width, log.eval_steps, 1.0)
+            result = evaluate(generate, n_per_prompt=log.eval_images_per_prompt, batch_size=16,
+                              prompts=load_prompts(limit=log.eval_limit), progress=False)
+            out = {f"eval/{t}": v for t, v in result.tasks.items()}
+            out["eval/overall"] = result.overall
+        if self.info.distributed:
+            dist.barrier()
+        return out
+
+    def export(self, directory: Path) -> Path | None:
+        """The EMA weights as a pipeline folder sampling CFG-free (`lensgen generate --model` loads it)."""
+        model = self.ema_model()
+        if model is None:
+            return None
+        self.pipeline(model).save_pretrained(directory, storage=self.cfg.checkpoint.export_storage)
+        return directory
+
+
+class _AdamWSettings:
+    """The fields `train.trainer.build_optimizer` reads, from the RL config."""
+
+    def __init__(self, config: RLConfig):
+        o = config.optim
+        self.lr, self.betas, self.weight_decay = o.lr, o.betas, o.weight_decay
+
+
+class _Batch(list):
+    """A micro-batch; `dummy` marks one run only so that every rank makes the same collective calls."""
+
+    dummy = False
+
+
+def _padded(batches: list[list], info: DistInfo, fallback: list | None = None) -> list[_Batch]:
+    """The batches, plus dummy repeats so every rank runs as many as the busiest one (FSDP's forward and
+    backward passes are collectives)."""
+    out = [_Batch(b) for b in batches]
+    if not info.distributed:
+        return out
+    most = torch.tensor(len(out))
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    filler = out[-1] if out else (fallback or [])
+    if len(out) < int(most) and not filler:
+        raise RuntimeError(f"rank {info.rank} has nothing to pad its {len(out)} batches to {int(most)} with")
+    while len(out) < int(most):
+        dummy = _Batch(filler)
+        dummy.dummy = True
+        out.append(dummy)
+    return out
+
+
+def _gather_rows(rows: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Every rank's rows (R_i, K) concatenated, in rank order."""
+    if not info.distributed:
+        return rows
+    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(info.world_size)]
+    dist.all_gather(sizes, torch.tensor([rows.shape[0]]))
+    most = int(max(s.item() for s in sizes))
+    padded = torch.zeros(most, rows.shape[1], dtype=rows.dtype)
+    padded[: rows.shape[0]] = rows
+    gathered = [torch.zeros_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[: int(n.item())] for g, n in zip(gathered, sizes)])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    if path.is_file():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+
+
+__all__ = ["NFTTrainer", "Sample"]
