@@ -22,6 +22,7 @@ LAYERS = [
     ("data",),  # curation, captioning, shards, buckets, training loaders
     ("train",),  # pretraining, the Shapes VAE
     ("eval",),  # ShapesEval (and the public benchmarks)
+    ("rl",),  # RL post-training (DiffusionNFT): rewards, prompts, the NFT trainer
     ("demo", "cli"),  # commands
 ]
 LEVEL = {stage: i for i, stages in enumerate(LAYERS) for stage in stages}

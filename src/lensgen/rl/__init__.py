@@ -1,0 +1,1 @@
+"""RL post-training (DiffusionNFT): rewards, prompts, the NFT trainer."""
