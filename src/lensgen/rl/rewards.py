@@ -16,16 +16,34 @@ a 0 would be a fabricated negative, so the trainer masks invalid samples out of 
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
 import math
+import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 from PIL import Image
 
+from lensgen.config import Validated, load_config
+from lensgen.data.caption.client import (
+    AuthError,
+    ChatClient,
+    RejectedError,
+    TransientError,
+    backoff_seconds,
+    image_data_url,
+    redact,
+)
+from lensgen.data.caption.config import Endpoint, resolve_endpoint
 from lensgen.errors import UserError
 from lensgen.eval.shapes import score_image
 from lensgen.shapes.prompt import PromptSpec, parse_prompt
@@ -158,3 +176,261 @@ class GenEvalReward:
         specs = [geneval_spec(p) for p in prompts]
         outcomes = _map(score_image, list(zip(specs, images)), self.workers)
         return _result([s for s, _ in outcomes], [_detail([], None, reason) for _, reason in outcomes])
+
+
+# ---------------------------------------------------------------- the VLM judge
+
+
+@dataclass
+class JudgeConfig(Validated):
+    """The VLM judge's endpoint and limits; base URL and model fall back to LENSGEN_RL_JUDGE_BASE_URL and
+    LENSGEN_RL_JUDGE_MODEL (Lens uses GPT-4.1-mini), the key is read from the variable `api_key_env`."""
+
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    azure_api_version: str | None = None
+    concurrency: int = 16  # requests in flight
+    timeout_s: float = 60.0
+    max_retries: int = 4  # per image, on 429 / 5xx / 408 / timeouts / malformed or wrong-schema replies
+    backoff_base_s: float = 1.0  # exponential backoff with jitter; a server's Retry-After wins
+    backoff_max_s: float = 30.0
+    image_max_side: int = 512  # images are downscaled to this and sent as JPEG data URLs
+    image_quality: int = 90
+    temperature: float = 0.0
+    max_tokens: int = 300
+    cache_size: int = 1024  # verdicts kept per (image, prompt and rubric, model); 0: no cache
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (self.concurrency >= 1, "concurrency", ">= 1"),
+            (self.timeout_s > 0, "timeout_s", "a positive number of seconds"),
+            (self.max_retries >= 0, "max_retries", ">= 0"),
+            (0 <= self.backoff_base_s <= self.backoff_max_s, "backoff_base_s",
+             "0 <= backoff_base_s <= backoff_max_s"),
+            (self.image_max_side >= 16, "image_max_side", ">= 16"),
+            (1 <= self.image_quality <= 100, "image_quality", "1 to 100"),
+            (self.temperature >= 0, "temperature", ">= 0"),
+            (self.max_tokens >= 16, "max_tokens", ">= 16"),
+            (self.cache_size >= 0, "cache_size", ">= 0"),
+        ]
+
+
+def to_judge_config(config: JudgeConfig | Mapping[str, Any] | None) -> JudgeConfig:
+    """A JudgeConfig from itself, a mapping of its fields (a section of the RL config), or the defaults."""
+    if isinstance(config, JudgeConfig):
+        return config
+    return load_config(JudgeConfig, None, dict(config or {}))
+
+
+JUDGE_VERSION = "judge-v1"  # part of the cache key: bump it when the prompt or the schema changes
+JUDGE_SYSTEM = ("You are a strict, careful judge of AI-generated images. You check an image against numbered "
+                "requirements and answer with JSON only, no other text.")
+
+
+def judge_prompt(prompt: str, items: list[dict]) -> str:
+    """The user turn: the generation prompt, the numbered rubric items, the global rule, the reply schema."""
+    lines = [f'The image was generated for the prompt: "{prompt}"', "",
+             "Score how well the image meets each requirement, from 0 (not met at all) to 1 (fully met); "
+             "use values in between for partial success.", "", "Requirements:"]
+    lines += [f"{i}. ({it['dimension']}) {it['description']}" for i, it in enumerate(items, 1)]
+    if not items:
+        lines.append("(none)")
+    lines += ["", f"Global rule: the image is {GLOBAL_RULE} (no malformed, broken or fused objects, "
+              "no stray fragments).", ""]
+    entries = ", ".join(f'{{"id": {i}, "score": s{i}}}' for i in range(1, len(items) + 1))
+    lines.append("Reply with JSON only, exactly in this form, one entry per requirement "
+                 f"(ids 1 to {len(items)}), where every s and g is a number from 0 to 1:")
+    lines.append(f'{{"items": [{entries}], "global": g}}')
+    return "\n".join(lines)
+
+
+def judge_items(prompt: str, rubric: dict | None) -> list[dict]:
+    """(dimension, description) of each rubric item: a stored rubric of either kind, or, when None, the Shapes
+    rubric derived from the prompt."""
+    if rubric is None:
+        items = [{"dimension": it.dimension, "description": it.description}
+                 for it in rubrics_for(_parse_shapes_prompt(prompt, "vlm")).items]
+        return items
+    raw = rubric.get("items") if isinstance(rubric, Mapping) else None
+    if not isinstance(raw, list) or not all(_free_form_item(it) for it in raw):
+        raise UserError(f"the rubric of prompt '{prompt}' is not usable by the vlm reward: expected "
+                        '{"items": [{"dimension": str, "description": str}, ...]} or None')
+    return [{"dimension": it["dimension"], "description": it["description"].strip()} for it in raw]
+
+
+def _free_form_item(item: Any) -> bool:
+    return (isinstance(item, Mapping) and isinstance(item.get("dimension"), str)
+            and isinstance(item.get("description"), str) and bool(item["description"].strip()))
+
+
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+
+
+def _unit_number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise TransientError(f"wrong-schema reply: {what} is {str(value)[:20]!r}, "
+                             "expected a number in [0, 1]")
+    return float(value)
+
+
+def parse_verdict(text: str, n_items: int) -> tuple[list[float], float]:
+    """(item scores in rubric order, global score) from the judge's reply, validated strictly; anything else
+    is a TransientError so the request is retried (a sampled reply may be right the next time)."""
+    text = text.strip()
+    fenced = _FENCE.match(text)
+    if fenced:
+        text = fenced.group(1)
+    try:
+        reply = json.loads(text)
+    except ValueError:
+        raise TransientError(f"malformed reply: not JSON ({text[:40]!r})") from None
+    if not isinstance(reply, dict) or not isinstance(reply.get("items"), list) or "global" not in reply:
+        raise TransientError("wrong-schema reply: expected an object with 'items' (a list) and 'global'")
+    entries = reply["items"]
+    if len(entries) != n_items:
+        raise TransientError(f"wrong-schema reply: {len(entries)} item scores for {n_items} items")
+    scores: dict[int, float] = {}
+    for entry in entries:
+        ident = entry.get("id") if isinstance(entry, dict) else None
+        if isinstance(ident, bool) or not isinstance(ident, int) or not 1 <= ident <= n_items \
+                or ident in scores:
+            raise TransientError(f"wrong-schema reply: item ids must be 1 to {n_items}, each once")
+        scores[ident] = _unit_number(entry.get("score"), f"item {ident}'s score")
+    return [scores[i] for i in range(1, n_items + 1)], _unit_number(reply["global"], "the global score")
+
+
+def _image_bytes(image: Image.Image) -> bytes:
+    """Uncompressed RGB (PPM): fast to write, lossless, the same bytes for the same pixels (the cache key)."""
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="PPM")
+    return buf.getvalue()
+
+
+class _VerdictCache:
+    """A small LRU of good verdicts, so re-scoring the same image for the same rubric asks nothing."""
+
+    def __init__(self, size: int):
+        self.size, self.data, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key: str) -> tuple[list[float], float] | None:
+        with self.lock:
+            if key in self.data:
+                self.data.move_to_end(key)
+                return self.data[key]
+        return None
+
+    def put(self, key: str, verdict: tuple[list[float], float]) -> None:
+        if self.size <= 0:
+            return
+        with self.lock:
+            self.data[key] = verdict
+            self.data.move_to_end(key)
+            while len(self.data) > self.size:
+                self.data.popitem(last=False)
+
+
+@dataclass
+class _Outcome:
+    verdict: tuple[list[float], float] | None  # None: no good answer
+    reason: str = ""
+
+
+class VLMJudgeReward:
+    """A VLM scores each rubric item and the global rule in [0, 1]; total = global x mean of the items (the
+    global score alone when the rubric is empty). The multiplicative global rule keeps a broken image from
+    earning item credit. An image without a good answer after the retries is invalid (NaN), never 0."""
+
+    name = "vlm"
+
+    def __init__(self, config: JudgeConfig | Mapping[str, Any] | None = None):
+        self.config = to_judge_config(config)
+        self.endpoint: Endpoint = resolve_endpoint(self.config, env_prefix="LENSGEN_RL_JUDGE",
+                                                   purpose="RL judge")
+        self.client = ChatClient(self.endpoint, self.config.timeout_s)
+        self.cache = _VerdictCache(self.config.cache_size)
+        self._pool = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="vlm-judge")
+        self.requests = 0  # requests sent so far (all images, all calls): what the trainer may log
+        self._count_lock = threading.Lock()
+
+    def __call__(self, images: list[Image.Image], prompts: list[str],
+                 rubrics: list[dict | None]) -> RewardResult:
+        _check_batch(images, prompts, rubrics)
+        items = [judge_items(p, r) for p, r in zip(prompts, rubrics)]  # every rubric error before any request
+        stop = threading.Event()
+        futures = [self._pool.submit(self._judge, i, image, judge_prompt(p, its), len(its), stop)
+                   for i, (image, p, its) in enumerate(zip(images, prompts, items))]
+        try:
+            outcomes = [f.result() for f in futures]
+        except AuthError as err:
+            stop.set()
+            for f in futures:
+                f.cancel()
+            raise UserError(f"the RL judge stopped: {err}; check the key in ${self.config.api_key_env} "
+                            f"for {redact(self.endpoint.url, self.endpoint.secret)}") from None
+        return _result([self._total(o) for o in outcomes],
+                       [self._details(o, its) for o, its in zip(outcomes, items)])
+
+    @staticmethod
+    def _total(outcome: _Outcome) -> float | None:
+        if outcome.verdict is None:
+            return None
+        item_scores, global_score = outcome.verdict
+        return global_score * (float(np.mean(item_scores)) if item_scores else 1.0)
+
+    @staticmethod
+    def _details(outcome: _Outcome, items: list[dict]) -> dict:
+        if outcome.verdict is None:
+            return _detail([], None, outcome.reason)
+        item_scores, global_score = outcome.verdict
+        scored = [{**it, "score": s} for it, s in zip(items, item_scores)]
+        return _detail(scored, global_score, outcome.reason)
+
+    def _judge(self, index: int, image: Image.Image, text: str, n_items: int,
+               stop: threading.Event) -> _Outcome:
+        """One image: the cache, then the endpoint with retries; AuthError stops every image of the batch."""
+        cfg = self.config
+        data = _image_bytes(image)
+        key = hashlib.sha256(b"\0".join([data, text.encode(), self.endpoint.model.encode(),
+                                         JUDGE_VERSION.encode()])).hexdigest()
+        hit = self.cache.get(key)
+        if hit is not None:
+            return _Outcome(hit)
+        url = image_data_url(data, cfg.image_max_side, cfg.image_quality)
+        sent = failures = 0
+        while not stop.is_set():
+            sent += 1
+            self._count()
+            try:
+                reply = self.client.complete(text, url, cfg.max_tokens, cfg.temperature, system=JUDGE_SYSTEM)
+                if reply.refusal:
+                    raise TransientError("the model refused")
+                verdict = parse_verdict(reply.text, n_items)
+            except TransientError as err:
+                failures += 1
+                reason = redact(str(err), self.endpoint.secret)
+                if failures > cfg.max_retries:
+                    log.warning("judge: image %d: %s; gave up after %d requests", index, reason, sent)
+                    return _Outcome(None, f"no valid answer after {sent} requests: {reason}")
+                delay = backoff_seconds(failures, cfg.backoff_base_s, cfg.backoff_max_s, err.retry_after)
+                log.warning("judge: image %d: %s; retry %d/%d in %.2f s", index, reason, failures,
+                            cfg.max_retries, delay)
+                stop.wait(delay)
+                continue
+            except RejectedError as err:  # this request will not succeed as it is: the image is unscored
+                reason = redact(str(err), self.endpoint.secret)
+                log.warning("judge: image %d: rejected (%s)", index, reason)
+                return _Outcome(None, f"rejected: {reason}")
+            except AuthError:
+                stop.set()
+                raise
+            self.cache.put(key, verdict)
+            return _Outcome(verdict, "" if sent == 1 else f"answered after {sent} requests")
+        return _Outcome(None, "stopped")
+
+    def _count(self) -> None:
+        with self._count_lock:
+            self.requests += 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
