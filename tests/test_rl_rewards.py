@@ -20,10 +20,15 @@ from lensgen.data.caption.client import TransientError
 from lensgen.errors import UserError
 from lensgen.rl.rewards import (
     GLOBAL_RULE,
+    AsyncRewards,
     GenEvalReward,
+    RewardResult,
     ShapesRubricReward,
     VLMJudgeReward,
+    WeightedReward,
+    build_reward,
     parse_verdict,
+    reward_stats,
 )
 from lensgen.shapes import parse_prompt, render
 from lensgen.shapes.groundtruth import scene_for_prompt
@@ -347,3 +352,118 @@ def test_parse_verdict_is_strict():
                 '[0.5, 0.5]', 'scores: 0.5, 0.5']:
         with pytest.raises(TransientError):
             parse_verdict(bad, 2)
+
+
+# ---------------------------------------------------------------- weighted sums, building, async
+
+
+class Fixed:
+    """A stand-in reward with set scores and validity (what a component would return)."""
+
+    def __init__(self, name, scores, valid, dimension="spatial", delay=0.0):
+        self.name, self.scores, self.valid, self.dimension, self.delay = name, scores, valid, dimension, delay
+        self.closed = False
+
+    def __call__(self, images, prompts, rubrics):
+        time.sleep(self.delay)
+        details = [{"items": [{"dimension": self.dimension, "description": p, "score": s}] if ok else [],
+                    "global": 1.0 if ok else None, "reason": "" if ok else "judge failed"}
+                   for p, s, ok in zip(prompts, self.scores, self.valid)]
+        scores = [s if ok else math.nan for s, ok in zip(self.scores, self.valid)]
+        return RewardResult(torch.tensor(scores), torch.tensor(self.valid), details)
+
+    def close(self):
+        self.closed = True
+
+
+def test_weighted_reward_sums_with_weights_and_combines_validity():
+    a = Fixed("a", [1.0, 0.5, 0.2, 0.0], [True, True, False, True], "spatial")
+    b = Fixed("b", [0.0, 1.0, 0.4, 0.8], [True, False, True, True], "colour")
+    weighted = WeightedReward({"a": (a, 0.5), "b": (b, 0.25)})
+    result = weighted([blank(8)] * 4, ["p0", "p1", "p2", "p3"], [None] * 4)
+    assert weighted.name == "0.5*a+0.25*b"
+    assert result.valid.tolist() == [True, False, False, True]
+    assert result.scores[0].item() == pytest.approx(0.5) and result.scores[3].item() == pytest.approx(0.2)
+    assert result.scores[1:3].isnan().all() and result.scores.dtype == torch.float32
+    first = result.details[0]
+    assert [(it["reward"], it["dimension"]) for it in first["items"]] == [("a", "spatial"), ("b", "colour")]
+    assert first["a/global"] == 1.0 and first["b/global"] == 1.0 and first["global"] is None
+    assert result.details[1]["reason"] == "b: judge failed" and result.details[1]["a/global"] == 1.0
+    weighted.close()
+    assert a.closed and b.closed
+
+
+def test_build_reward_from_config_and_its_errors(server, monkeypatch):
+    with pytest.raises(UserError, match="unknown reward.*'clip'.*known rewards: geneval, rubric, vlm"):
+        build_reward({"rubric": 0.5, "clip": 0.5})
+    with pytest.raises(UserError, match="expected a mapping"):
+        build_reward({})
+    with pytest.raises(UserError, match="rewards.geneval: weight -1"):
+        build_reward({"geneval": -1})
+    with pytest.raises(UserError, match="rewards.rubric: weight 'high'"):
+        build_reward({"rubric": "high"})
+    with pytest.raises(UserError, match="unknown field"):
+        build_reward({"vlm": 1.0}, {"base_url": server.url, "concurency": 3})
+    images = [ground_truth(PROMPTS[0]), blank()]
+    prompts, rubrics = [PROMPTS[0]] * 2, [None, None]
+    both = build_reward({"rubric": 0.5, "geneval": 0.5})(images, prompts, rubrics)
+    rubric = ShapesRubricReward()(images, prompts, rubrics)
+    geneval = GenEvalReward()(images, prompts, rubrics)
+    assert torch.allclose(both.scores, 0.5 * rubric.scores + 0.5 * geneval.scores) and both.valid.all()
+    monkeypatch.setenv("LENSGEN_TEST_KEY", KEY)
+    vlm = build_reward({"vlm": 1.0}, judge_settings(server))
+    assert vlm(*vlm_batch([1])).scores.item() == pytest.approx(expected_total(1))
+    vlm.close()
+
+
+def test_async_scoring_matches_a_direct_call_and_runs_in_the_background():
+    reward = build_reward({"rubric": 1.0, "geneval": 1.0})
+    images, prompts = [ground_truth(p) for p in PROMPTS[:3]] + [noise(3)], PROMPTS[:3] + PROMPTS[:1]
+    rubrics = [None] * 4
+    direct = reward(images, prompts, rubrics)
+    with AsyncRewards(reward) as scorer:
+        future = scorer.submit(images, prompts, rubrics)
+        images.clear()  # the trainer may reuse its lists at once
+        queued = future.result(timeout=60)
+    assert torch.equal(queued.scores, direct.scores) and torch.equal(queued.valid, direct.valid)
+    assert queued.details == direct.details
+    slow = Fixed("slow", [0.5], [True], delay=0.5)
+    with AsyncRewards(slow) as scorer:
+        start = time.perf_counter()
+        future = scorer.submit([blank(8)], ["p"], [None])
+        assert time.perf_counter() - start < 0.2 and not future.done()  # the trainer goes on sampling
+        assert future.result(timeout=5).scores.tolist() == [0.5]
+    assert slow.closed
+
+
+def test_reward_stats_on_a_hand_made_example():
+    def detail(spatial, colour):
+        return {"items": [{"dimension": "spatial", "description": "x left of y", "score": spatial},
+                          {"dimension": "colour", "description": "x is red", "score": colour}],
+                "global": 1.0, "reason": ""}
+
+    scores = [0.5, 0.5, 0.5, 0.2, 0.8, math.nan]
+    valid = [True, True, True, True, True, False]
+    details = [detail(1.0, 0.0), detail(1.0, 0.5), detail(1.0, 1.0), detail(0.0, 0.5), detail(0.5, 0.5),
+               {"items": [], "global": None, "reason": "judge failed"}]
+    result = RewardResult(torch.tensor(scores), torch.tensor(valid), details)
+    spatial_only = {"items": [{"dimension": "spatial", "description": "x left of y"}]}
+    both = {"items": [{"dimension": "spatial", "description": "x left of y"},
+                      {"dimension": "colour", "description": "x is red"}]}
+    rubrics = [spatial_only] * 3 + [both] * 3
+    stats = reward_stats(result, rubrics, groups=[0, 0, 0, 1, 1, 1])
+    assert stats["count"] == 6 and stats["invalid_share"] == pytest.approx(1 / 6)
+    assert stats["reward/mean"] == pytest.approx(0.5)
+    assert stats["reward/std"] == pytest.approx(np.std([.5] * 3 + [.2, .8]))
+    assert stats["dim/spatial/mean"] == pytest.approx(0.7) and stats["dim/colour/mean"] == pytest.approx(0.5)
+    assert stats["dim/colour/std"] == pytest.approx(np.std([0, .5, 1, .5, .5]))
+    assert stats["dim/global/mean"] == 1
+    assert stats["by_dim/spatial/mean"] == pytest.approx(0.5)  # all six prompts ask for a relation
+    assert stats["by_dim/colour/mean"] == pytest.approx(0.5)  # the last three (one invalid) ask for a colour
+    assert stats["groups"] == 2 and stats["zero_variance_group_share"] == 0.5  # group 0: all alike
+    assert stats["group_std/mean"] == pytest.approx((0.0 + 0.3) / 2)
+    halves = [RewardResult(result.scores[i:i + 3], result.valid[i:i + 3], details[i:i + 3]) for i in (0, 3)]
+    split = reward_stats(halves, groups=[0, 0, 0, 1, 1, 1])
+    assert split["zero_variance_group_share"] == 0.5 and split["reward/mean"] == stats["reward/mean"]
+    with pytest.raises(ValueError, match="2 group ids for 6 images"):
+        reward_stats(result, groups=[0, 1])

@@ -24,8 +24,8 @@ import math
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -434,3 +434,180 @@ class VLMJudgeReward:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# ---------------------------------------------------------------- combining, building, in the background
+
+
+class WeightedReward:
+    """sum_k w_k x reward_k (weights as given, not normalised: weights summing to 1 keep a [0, 1] reward).
+    An image is valid only when every component is; its details list every component's items (each with the
+    component's name under "reward"), the component's global score as "<name>/global", and its reasons."""
+
+    def __init__(self, components: Mapping[str, tuple[Reward, float]]):
+        if not components:
+            raise UserError("a weighted reward needs at least one component")
+        self.components = dict(components)
+        self.name = "+".join(f"{w:g}*{name}" for name, (_, w) in self.components.items())
+
+    def __call__(self, images: list[Image.Image], prompts: list[str],
+                 rubrics: list[dict | None]) -> RewardResult:
+        _check_batch(images, prompts, rubrics)
+        parts = {name: reward(images, prompts, rubrics) for name, (reward, _) in self.components.items()}
+        valid = torch.stack([r.valid for r in parts.values()]).all(0)
+        total = sum(w * parts[name].scores for name, (_, w) in self.components.items())
+        scores = torch.where(valid, total, torch.full_like(total, math.nan)).float()
+        return RewardResult(scores, valid, [self._merge(parts, i) for i in range(len(images))])
+
+    @staticmethod
+    def _merge(parts: Mapping[str, RewardResult], i: int) -> dict:
+        merged: dict = {"items": [], "global": None}
+        reasons = []
+        for name, result in parts.items():
+            detail = result.details[i]
+            merged["items"] += [{**it, "reward": name} for it in detail.get("items", [])]
+            merged[f"{name}/global"] = detail.get("global")
+            if detail.get("reason"):
+                reasons.append(f"{name}: {detail['reason']}")
+        merged["reason"] = "; ".join(reasons)
+        return merged
+
+    def close(self) -> None:
+        for reward, _ in self.components.values():
+            if hasattr(reward, "close"):
+                reward.close()
+
+
+REWARDS: dict[str, Callable[..., Reward]] = {
+    "rubric": lambda judge: ShapesRubricReward(),
+    "geneval": lambda judge: GenEvalReward(),
+    "vlm": lambda judge: VLMJudgeReward(judge),
+}
+
+
+def build_reward(spec: Mapping[str, float], judge_config: JudgeConfig | Mapping[str, Any] | None = None
+                 ) -> WeightedReward:
+    """The trainer's reward from its config: reward names to weights, e.g. {"rubric": 0.5, "geneval": 0.5};
+    `judge_config` (a JudgeConfig or a mapping of its fields) configures the vlm reward."""
+    if not isinstance(spec, Mapping) or not spec:
+        raise UserError(f"rewards: expected a mapping of reward names to weights, e.g. {{rubric: 1.0}}; "
+                        f"known rewards: {', '.join(sorted(REWARDS))}")
+    unknown = sorted(set(spec) - set(REWARDS))
+    if unknown:
+        raise UserError(f"rewards: unknown reward(s) {', '.join(map(repr, unknown))}; "
+                        f"known rewards: {', '.join(sorted(REWARDS))}")
+    for name, weight in spec.items():
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) \
+                or weight <= 0:
+            raise UserError(f"rewards.{name}: weight {weight!r}; expected a positive number")
+    return WeightedReward({name: (REWARDS[name](judge_config), float(w)) for name, w in spec.items()})
+
+
+class AsyncRewards:
+    """Scores batches in a background thread, so batch k is judged while the trainer samples batch k + 1.
+    Results come back as futures, in submission order when `workers` is 1 (the default)."""
+
+    def __init__(self, reward: Reward, workers: int = 1):
+        self.reward = reward
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="rewards")
+
+    def submit(self, images: list[Image.Image], prompts: list[str],
+               rubrics: list[dict | None]) -> Future[RewardResult]:
+        """The lists are copied: the caller may reuse its own at once."""
+        return self._pool.submit(self.reward, list(images), list(prompts), list(rubrics))
+
+    def close(self, wait: bool = True) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
+        if hasattr(self.reward, "close"):
+            self.reward.close()
+
+    def __enter__(self) -> AsyncRewards:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------- what the trainer logs
+
+
+def _concat(results: RewardResult | Sequence[RewardResult]) -> RewardResult:
+    if isinstance(results, RewardResult):
+        return results
+    results = list(results)
+    if not results:
+        return RewardResult(torch.zeros(0), torch.zeros(0, dtype=torch.bool), [])
+    return RewardResult(torch.cat([r.scores for r in results]), torch.cat([r.valid for r in results]),
+                        [d for r in results for d in r.details])
+
+
+def _mean_std(values: Sequence[float], prefix: str) -> dict[str, float]:
+    if not len(values):
+        return {}
+    a = np.asarray(values, dtype=np.float64)
+    return {f"{prefix}/mean": float(a.mean()), f"{prefix}/std": float(a.std())}
+
+
+def _dimension_stats(details: list[dict], valid: list[bool]) -> dict[str, float]:
+    """Item score mean and std per rubric dimension (per component in a weighted reward: "rubric/spatial"),
+    and each global score's, over the valid images."""
+    per: dict[str, list[float]] = {}
+    for detail, ok in zip(details, valid):
+        if not ok:
+            continue
+        for it in detail.get("items", []):
+            if it.get("score") is not None:
+                key = f"{it['reward']}/{it['dimension']}" if "reward" in it else it["dimension"]
+                per.setdefault(key, []).append(float(it["score"]))
+        for key, value in detail.items():
+            if (key == "global" or key.endswith("/global")) and value is not None:
+                per.setdefault(key, []).append(float(value))
+    out: dict[str, float] = {}
+    for key in sorted(per):
+        out |= _mean_std(per[key], f"dim/{key}")
+    return out
+
+
+def _rubric_dimensions(rubric: dict | None) -> set[str]:
+    items = rubric.get("items") if isinstance(rubric, Mapping) else None
+    return {it["dimension"] for it in items or [] if isinstance(it, Mapping) and "dimension" in it}
+
+
+def _group_stats(scores: np.ndarray, valid: np.ndarray, groups: Sequence[Hashable],
+                 eps: float) -> dict[str, float]:
+    """Over groups (the images of one prompt) with at least two valid images: the share whose scores are all
+    alike (they give DiffusionNFT no signal) and the mean within-group std (population std)."""
+    by: dict[Hashable, list[float]] = {}
+    for s, ok, g in zip(scores, valid, groups):
+        if ok:
+            by.setdefault(g, []).append(float(s))
+    stds = [float(np.std(v)) for v in by.values() if len(v) >= 2]
+    if not stds:
+        return {"groups": 0.0}
+    return {"groups": float(len(stds)), "zero_variance_group_share": float(np.mean([s <= eps for s in stds])),
+            "group_std/mean": float(np.mean(stds))}
+
+
+def reward_stats(results: RewardResult | Sequence[RewardResult], rubrics: Sequence[dict | None] | None = None,
+                 groups: Sequence[Hashable] | None = None, eps: float = 1e-6) -> dict[str, float]:
+    """A flat dict to log: reward mean/std over valid images, the invalid share, item scores per rubric
+    dimension ("dim/<dimension>/mean|std", from the details), the reward of the prompts whose rubric has each
+    dimension ("by_dim/<dimension>/mean|std", when `rubrics` is given), and, given group ids (one per image,
+    e.g. the prompt index), the share of zero-variance groups and the mean within-group std."""
+    result = _concat(results)
+    n = len(result.details)
+    scores, valid = result.scores.double().numpy(), result.valid.numpy()
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"reward_stats: {len(groups)} group ids for {n} images")
+    if rubrics is not None and len(rubrics) != n:
+        raise ValueError(f"reward_stats: {len(rubrics)} rubrics for {n} images")
+    out: dict[str, float] = {"count": float(n), "invalid_share": float(1 - valid.mean()) if n else 0.0}
+    out |= _mean_std(scores[valid], "reward")
+    out |= _dimension_stats(result.details, valid.tolist())
+    if rubrics is not None:
+        dims = [_rubric_dimensions(r) for r in rubrics]
+        for dim in sorted(set().union(*dims)):
+            out |= _mean_std([s for s, ok, d in zip(scores, valid, dims) if ok and dim in d], f"by_dim/{dim}")
+    if groups is not None:
+        out |= _group_stats(scores, valid, groups, eps)
+    return out
