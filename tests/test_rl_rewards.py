@@ -149,6 +149,7 @@ class JudgeServer:
         self.calls: Counter = Counter()
         self.inflight = self.max_inflight = 0
         self.unauthorised = 0
+        self.retry_after = "0"  # what a 429 asks the client to wait
         self.problems: list[str] = []  # what the server found wrong in a request (the tests want none)
         outer = self
 
@@ -228,7 +229,7 @@ class JudgeServer:
                    "global": global_score(n)}
         content = json.dumps(verdict)
         if kind == "429" and attempt == 1:
-            return h.reply(429, {"error": "rate limited"}, {"Retry-After": "0"})
+            return h.reply(429, {"error": "rate limited"}, {"Retry-After": self.retry_after})
         if kind == "500x2" and attempt <= 2 or kind == "always_500":
             return h.reply(500, b"internal error")
         if kind == "rejected":
@@ -313,6 +314,18 @@ def test_vlm_judge_scores_or_invalidates_every_image_and_retries(server, monkeyp
     asked = {n for n in range(N) if server.calls[n] > before[n]}
     assert asked == invalid and torch.equal(again.valid, result.valid)
     assert torch.equal(again.scores[again.valid], result.scores[result.valid])
+    judge.close()
+
+
+def test_vlm_judge_honours_retry_after(server, monkeypatch, caplog):
+    monkeypatch.setenv("LENSGEN_TEST_KEY", KEY)
+    caplog.set_level(logging.WARNING)
+    server.retry_after = "0.4"
+    judge = VLMJudgeReward(judge_settings(server, backoff_max_s=5.0, backoff_base_s=0.001))
+    start = time.perf_counter()
+    result = judge(*vlm_batch([1]))  # scenario 429: rate limited once
+    assert time.perf_counter() - start >= 0.4 and result.valid.all() and server.calls[1] == 2
+    assert any("HTTP 429; retry 1/3 in 0.40 s" in r.getMessage() for r in caplog.records)
     judge.close()
 
 

@@ -505,7 +505,8 @@ def build_reward(spec: Mapping[str, float], judge_config: JudgeConfig | Mapping[
 
 class AsyncRewards:
     """Scores batches in a background thread, so batch k is judged while the trainer samples batch k + 1.
-    Results come back as futures, in submission order when `workers` is 1 (the default)."""
+    Results come back as futures, in submission order when `workers` is 1 (the default); closing it closes
+    the reward too (the VLM judge's thread pool)."""
 
     def __init__(self, reward: Reward, workers: int = 1):
         self.reward = reward
