@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "lensgen.eval.cli",
     "lensgen.data.curate.cli",
     "lensgen.data.caption.cli",
+    "lensgen.data.rl_prompts.cli",
 ]
 
 GROUPS = {
