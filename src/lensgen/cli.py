@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "lensgen.train.cli",
     "lensgen.data.cli",
     "lensgen.eval.cli",
+    "lensgen.rl.cli",
     "lensgen.data.curate.cli",
     "lensgen.data.caption.cli",
     "lensgen.data.rl_prompts.cli",

@@ -86,9 +86,13 @@ def geneval_check(spec: PromptSpec, det: Detection) -> tuple[bool, str]:
     return not reasons, "; ".join(reasons)
 
 
-def score_image(spec: PromptSpec, image: Image.Image) -> tuple[float, str]:
-    det = detect(image, ocr=spec.text is not None)
-    if spec.task == "text" or (spec.text and not spec.objects):
+def score_image(spec: PromptSpec, image: Image.Image, detection: Detection | None = None) -> tuple[float, str]:
+    """(score, reason) of one image; `detection`: the judge's reading of it, when already made (with OCR
+    if the prompt's text is scored)."""
+    reads_text = spec.task == "text" or bool(spec.text and not spec.objects)  # OCR only when text is scored
+    det = detection if detection is not None and (detection.text is not None or not reads_text) \
+        else detect(image, ocr=reads_text)
+    if reads_text:
         sim = text_similarity(det.text or "", spec.text)
         return sim, "" if sim == 1.0 else f"read '{det.text}' for '{spec.text}'"
     ok, reason = geneval_check(spec, det)

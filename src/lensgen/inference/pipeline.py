@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from lensgen.errors import LensgenWarning, UserError
-from lensgen.flow.sampler import cfg_velocity_fn, euler_sample
+from lensgen.flow.sampler import SOLVERS, cfg_velocity_fn, sample
 from lensgen.flow.schedule import sampling_sigmas, schedule_mu
 from lensgen.images import to_pil
 from lensgen.models.text_encoder import TextEncoder, TextFeatures
@@ -77,6 +77,7 @@ class PipelineDefaults:
     max_side: int = 1440
     # noise schedule shift: "empirical" (FLUX.2's, for Lens), "train" (the training shift), or a fixed mu
     schedule: str | float = "empirical"
+    solver: str = "euler"  # the ODE solver: euler | dpm2 (DPM-Solver++ 2M)
     # image pixels per token side (the codec's spatial_factor): sizes are checked with it before the weights
     # load. None in folders saved before it was stored; the pipeline then takes it from its codec.
     size_multiple: int | None = None
@@ -108,6 +109,9 @@ class PipelineDefaults:
             schedule_mu(defaults.schedule, 256, defaults.steps)
         except ValueError as err:
             raise UserError(f"{MODEL_INDEX}: lensgen.schedule: {err}") from None
+        if defaults.solver not in SOLVERS:
+            raise UserError(f"{MODEL_INDEX}: lensgen.solver must be one of {', '.join(SOLVERS)}, got "
+                            f"{defaults.solver!r}")
         check_sampling(defaults.steps, defaults.cfg, f"{MODEL_INDEX}: lensgen.steps", f"{MODEL_INDEX}: lensgen.cfg")
         m = defaults.size_multiple
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
@@ -293,7 +297,7 @@ class LensPipeline:
         velocity_fn = cfg_velocity_fn(model_fn, cfg) if guided else model_fn
         noise = self.initial_noise(seeds, height, width)
         sigmas = sampling_sigmas(steps, grid[0] * grid[1], schedule=self.defaults.schedule)
-        tokens = euler_sample(velocity_fn, noise, sigmas, progress=progress)
+        tokens = sample(velocity_fn, noise, sigmas, solver=self.defaults.solver, progress=progress)
         latents = tokens.transpose(1, 2).unflatten(2, grid)
         images = self.codec.decode(latents.to(self.codec.dtype)).float().clamp(-1, 1)
         if output_type == "pt":

@@ -2,8 +2,8 @@
 
 Each step draws `prompts_per_step` prompts from a seeded permutation of the prompt set (epoch after
 epoch, resumable mid-epoch). Each prompt gets a group of G images spread over a few buckets of the table
-(Lens: 48 prompts x 24 images at varied resolutions), so a group mixes sizes while every sampler call
-and every training micro-batch holds one size. Jobs are dealt to ranks round-robin in a fixed order, so
+(Lens: 48 prompts x 24 images at varied resolutions), the same few for every prompt of the step, so a
+group mixes sizes while every sampler call and every training micro-batch holds one size and is full. Jobs are dealt to ranks round-robin in a fixed order, so
 the same step makes the same images whatever the world size; a job's noise depends only on
 (seed, step, prompt slot, image index).
 """
@@ -65,15 +65,13 @@ class PromptSampler:
 
 def plan_jobs(prompts: list[int], images_per_prompt: int, buckets_per_prompt: int, table: BucketTable,
               seed: int, step: int) -> list[Job]:
-    """Every image of the step: each prompt's group split as evenly as possible over buckets drawn (without
-    repetition) from the table, seeded by (seed, step, slot)."""
-    jobs = []
-    for slot, prompt in enumerate(prompts):
-        rng = random.Random(f"rl-buckets-{seed}-{step}-{slot}")
-        buckets = rng.sample(range(len(table)), min(buckets_per_prompt, len(table)))
-        for index in range(images_per_prompt):
-            jobs.append(Job(slot, prompt, index, buckets[index % len(buckets)]))
-    return jobs
+    """Every image of the step. The step draws `buckets_per_prompt` buckets of the table (seeded by seed and
+    step) and every prompt's group is split evenly over them, so each group mixes sizes while each size
+    gathers a full batch of images from all prompts."""
+    rng = random.Random(f"rl-buckets-{seed}-{step}")
+    buckets = rng.sample(range(len(table)), min(buckets_per_prompt, len(table)))
+    return [Job(slot, prompt, index, buckets[index % len(buckets)])
+            for slot, prompt in enumerate(prompts) for index in range(images_per_prompt)]
 
 
 def rank_jobs(jobs: list[Job], rank: int, world_size: int) -> list[Job]:

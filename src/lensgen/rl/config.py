@@ -36,6 +36,7 @@ class RLSampleConfig:
     steps: int = 10  # sampler steps of data collection (CFG-free)
     batch_size: int = 32  # images per sampler call
     timestep_fraction: float = 0.99  # train on the first int(steps * fraction) noise levels of the sampler's grid
+    train_levels: int = 0  # per sample, that many of those levels drawn at random (0: every one, as published)
 
 
 @dataclass
@@ -118,6 +119,7 @@ class RLConfig(Validated):
             (s.batch_size >= 1, "sample.batch_size", "a positive integer"),
             (0 < s.timestep_fraction <= 1 and int(s.steps * s.timestep_fraction) >= 1, "sample.timestep_fraction",
              "a fraction in (0, 1] leaving at least one training noise level"),
+            (s.train_levels >= 0, "sample.train_levels", "0 (every level) or a positive count"),
             (bool(self.reward.weights), "reward.weights", "at least one reward, e.g. {rubric: 1.0}"),
             (o.steps >= 1, "optim.steps", "a positive integer"),
             (o.lr > 0, "optim.lr", "a positive number"),

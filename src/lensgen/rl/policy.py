@@ -48,17 +48,22 @@ class PolicyModels:
         if self.lora:
             model.requires_grad_(False)
             add_lora(model, lora_rank, lora_alpha)
-        self.trainable = [p for p in model.parameters() if p.requires_grad]
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         if self.lora:
-            self.old_module = None
-            self.old_weights = [p.detach().clone() for p in self.trainable]
-            self.reference = None
+            self.old_module, self.reference = None, None
         else:
             self.old_module = copy.deepcopy(model).requires_grad_(False).eval()
-            self.old_weights = list(self.old_module.parameters())
             self.reference = copy.deepcopy(model).requires_grad_(False).eval() if with_reference else None
         self.with_reference = with_reference
+        self.refresh_parameters()
+
+    def refresh_parameters(self) -> None:
+        """Collect the trainable and old weights again: sharding replaces the parameters (FSDP2 makes them
+        DTensors), so do this after `fully_shard` and before building the optimiser. The old LoRA weights
+        start equal to the trained ones."""
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        self.old_weights = [p.detach().clone() for p in self.trainable] if self.lora \
+            else list(self.old_module.parameters())
 
     def frozen_modules(self) -> list[nn.Module]:
         """The extra transformers to shard alongside the policy (full fine-tuning only)."""

@@ -23,6 +23,7 @@ import logging
 import math
 import re
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,6 +47,7 @@ from lensgen.data.caption.client import (
 from lensgen.data.caption.config import Endpoint, resolve_endpoint
 from lensgen.errors import UserError
 from lensgen.eval.shapes import score_image
+from lensgen.shapes.judge import Detection, detect
 from lensgen.shapes.prompt import PromptSpec, parse_prompt
 from lensgen.shapes.rubrics import Rubrics, rubrics_for, score
 
@@ -127,6 +129,37 @@ def shapes_rubrics(prompt: str, rubric: dict | None) -> Rubrics:
                         f"{err}); expected Rubrics.to_dict() with items, expected and exact") from None
 
 
+class _Detections:
+    """The judge's reading of each image, made once per image however many Shapes rewards score it. OCR, the
+    costly part, runs only when some reward needs the text, and reads only the signs the judge found: text
+    without a sign does not earn a sign item (ShapesEval's judge, more lenient, reads the whole image then).
+    Keyed by the image object while it lives (PIL images are unhashable: by id, dropped with the image)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._seen: dict[int, tuple[weakref.ref, Detection]] = {}
+
+    def _forget(self, key: int) -> None:
+        with self._lock:
+            self._seen.pop(key, None)
+
+    def __call__(self, image: Image.Image, ocr: bool) -> Detection:
+        key = id(image)
+        with self._lock:
+            ref, known = self._seen.get(key, (None, None))
+        if known is not None and ref() is image and (known.text is not None or not ocr):
+            return known
+        det = detect(image, ocr=ocr, read_unsigned=False)
+        with self._lock:
+            if key not in self._seen:
+                weakref.finalize(image, self._forget, key)
+            self._seen[key] = (weakref.ref(image), det)
+        return det
+
+
+_DETECTIONS = _Detections()
+
+
 class ShapesRubricReward:
     """Graded rubric items plus the global rule, read by the Shapes judge: a dense, smooth reward."""
 
@@ -144,7 +177,8 @@ class ShapesRubricReward:
 
     @staticmethod
     def _score_one(image: Image.Image, rubric: Rubrics) -> tuple[float, dict]:
-        result = score(image, rubric)
+        needs_text = any(it.kind == "text" for it in rubric.items)
+        result = score(image, rubric, detection=_DETECTIONS(image, needs_text))
         items = [{"dimension": it.dimension, "description": it.description, "score": s}
                  for it, s in result.items]
         misses = [f"{it.description}: {s:.2f}" for it, s in result.items if s < 1.0]
@@ -174,8 +208,13 @@ class GenEvalReward:
                  rubrics: list[dict | None]) -> RewardResult:
         _check_batch(images, prompts, rubrics)
         specs = [geneval_spec(p) for p in prompts]
-        outcomes = _map(score_image, list(zip(specs, images)), self.workers)
+        outcomes = _map(self._score_one, list(zip(specs, images)), self.workers)
         return _result([s for s, _ in outcomes], [_detail([], None, reason) for _, reason in outcomes])
+
+    @staticmethod
+    def _score_one(spec: PromptSpec, image: Image.Image) -> tuple[float, str]:
+        reads_text = bool(spec.text and not spec.objects)
+        return score_image(spec, image, detection=_DETECTIONS(image, reads_text))
 
 
 # ---------------------------------------------------------------- the VLM judge

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from lensgen.data.buckets import BucketTable
 from lensgen.data.rl_prompts import load_rl_prompts
+from lensgen.data.rl_prompts.records import rubric_dict
 from lensgen.flow.sampler import sample as solve
 from lensgen.flow.schedule import sampling_sigmas
 from lensgen.images import to_pil
@@ -36,7 +37,7 @@ from lensgen.rl.policy import PolicyModels
 from lensgen.rl.rewards import AsyncRewards, RewardResult, build_reward, reward_stats
 from lensgen.train import checkpoint as ckpt
 from lensgen.train.ema import EMA
-from lensgen.train.parallel import DistInfo, all_reduce_mean, apply_fsdp, full_tensor, init_distributed
+from lensgen.train.parallel import DistInfo, apply_fsdp, full_tensor, init_distributed
 from lensgen.train.text_cache import CachedTextEncoder
 from lensgen.train.trainer import build_optimizer, parallelize
 
@@ -83,14 +84,14 @@ class NFTTrainer:
         if use_fsdp:
             for frozen in self.policy.frozen_modules():
                 apply_fsdp(frozen, torch.bfloat16 if self.bf16 else None)
-            self.policy.old_weights = list(self.policy.old_module.parameters()) if self.policy.old_module \
-                else self.policy.old_weights
+            self.policy.refresh_parameters()
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 and not use_fsdp \
             else torch.autocast(self.device.type, enabled=False)
         self.ema = EMA(self.policy.model, config.optim.ema_decay, trainable_only=True)
         self.optimizer = build_optimizer(self.policy.model, _AdamWSettings(config), cuda)
 
         self.prompts = self._load_prompts()
+        self.rubrics = [rubric_dict(p.rubric) for p in self.prompts]  # the form the rewards read
         self.table = BucketTable(bases=tuple(config.data.bases), multiple=config.data.multiple)
         self.sampler = PromptSampler(len(self.prompts), config.data.prompts_per_step, seed=config.optim.seed)
         self.reward = build_reward(config.reward.weights, config.reward.judge or None)
@@ -168,7 +169,7 @@ class NFTTrainer:
             latents = tokens.transpose(1, 2).unflatten(2, grid)
             images = to_pil(self.codec.decode(latents.to(self.codec.dtype)).float().clamp(-1, 1))
             made = [Sample(j, t.cpu(), grid) for j, t in zip(batch, tokens)]
-            rubrics = [self.prompts[j.prompt].rubric for j in batch]
+            rubrics = [self.rubrics[j.prompt] for j in batch]
             pending.append((made, self.scorer.submit(images, texts, rubrics)))
             samples += made
         self._results: list[tuple[list[Sample], RewardResult]] = []
@@ -204,7 +205,8 @@ class NFTTrainer:
         """The NFT loss over every valid sample at the sampler's noise levels; one optimiser step."""
         cfg, o = self.cfg, self.cfg.optim
         keep = [s for s in samples if s.valid]
-        levels = int(cfg.sample.steps * cfg.sample.timestep_fraction)
+        grid_levels = int(cfg.sample.steps * cfg.sample.timestep_fraction)
+        levels = min(cfg.sample.train_levels or grid_levels, grid_levels)
         batches = _padded(by_bucket(keep, lambda s: s.job.bucket, o.train_batch_size), self.info,
                           fallback=samples[:1])
         total = max(1, len(keep))
@@ -216,9 +218,9 @@ class NFTTrainer:
             feats, mask = self._features([self.prompts[s.job.prompt].prompt for s in batch])
             x0 = torch.stack([s.tokens for s in batch]).to(self.device)
             r = nft.optimality(torch.tensor([s.advantage for s in batch]), o.adv_clip).to(self.device)
-            sigmas = self.sigmas(grid, cfg.sample.steps)[:levels].float()
-            orders = [torch.randperm(levels, generator=torch.Generator().manual_seed(
-                noise_seed(o.seed, self.step, s.job.slot, s.job.index, 1))) for s in batch]
+            sigmas = self.sigmas(grid, cfg.sample.steps)[:grid_levels].float()
+            orders = [torch.randperm(grid_levels, generator=torch.Generator().manual_seed(
+                noise_seed(o.seed, self.step, s.job.slot, s.job.index, 1)))[:levels] for s in batch]
             for j in range(levels):
                 sigma = torch.stack([sigmas[order[j]] for order in orders]).to(self.device)
                 eps = torch.stack([torch.randn(s.tokens.shape, generator=torch.Generator().manual_seed(
@@ -234,10 +236,10 @@ class NFTTrainer:
                                            kl_weight=o.kl_weight, adv_clip=o.adv_clip,
                                            adaptive=o.adaptive_weight)
                 (loss * weight).backward()
-                if weight:
+                if weight:  # sample-weighted sums, so the logged means are over samples on every world size
                     for k, val in parts.items():
-                        parts_sum[k] = parts_sum.get(k, 0.0) + float(val)
-                    count += 1
+                        parts_sum[k] = parts_sum.get(k, 0.0) + float(val) * len(batch)
+                    count += len(batch)
         for p in self.policy.trainable:
             if p.grad is None:  # the last block's text MLP feeds nothing: a zero keeps the optimiser state fixed
                 p.grad = torch.zeros_like(p)
@@ -248,8 +250,11 @@ class NFTTrainer:
         self.ema.update(self.policy.model, self.step)
         eta = nft.old_policy_decay(self.step, o.old_decay_rate, o.old_decay_cap)
         self.policy.update_old(eta)
-        metrics = {k: all_reduce_mean(torch.tensor(v / max(count, 1)), self.info).item() for k, v in parts_sum.items()}
-        metrics.update(grad_norm=float(full_tensor(grad_norm)), old_decay=eta, trained=len(keep))
+        keys = sorted(parts_sum)
+        sums = _all_reduce_sum(torch.tensor([parts_sum[k] for k in keys] + [count], dtype=torch.float64), self.info)
+        metrics = {k: float(v) / max(float(sums[-1]), 1.0) for k, v in zip(keys, sums[:-1])}
+        metrics.update(grad_norm=float(full_tensor(grad_norm)), old_decay=eta,
+                       trained=int(_all_reduce_sum(torch.tensor(len(keep)), self.info)))
         return metrics
 
     def rl_step(self) -> dict:
@@ -262,19 +267,21 @@ class NFTTrainer:
         samples = self.collect(mine)
         t1 = time.perf_counter()
         stats = self.advantages(samples, len(jobs))
-        stats.update(self._dimension_stats(prompt_ids))
+        stats.update(self._dimension_stats())
         t2 = time.perf_counter()
         metrics = self.train_on(samples)
         t3 = time.perf_counter()
         return {"step": self.step, **stats, **metrics, "collect_s": t1 - t0, "train_s": t3 - t2,
                 "seconds": t3 - t0}
 
-    def _dimension_stats(self, prompt_ids: list[int]) -> dict:
+    def _dimension_stats(self) -> dict:
         """Reward mean and spread per rubric dimension, from this rank's scored images."""
+        if not self._results:
+            return {}
         results = [r for _, r in self._results]
-        groups = [[s.job.slot for s in made] for made, _ in self._results]
-        rubrics = [[self.prompts[s.job.prompt].rubric for s in made] for made, _ in self._results]
-        return reward_stats(results, rubrics, groups)
+        rubrics = [self.rubrics[s.job.prompt] for made, _ in self._results for s in made]
+        stats = reward_stats(results, rubrics)
+        return {k: v for k, v in stats.items() if k.startswith(("dim/", "by_dim/"))}
 
     # ---- the loop ----------------------------------------------------------------------------------
 
@@ -302,7 +309,8 @@ class NFTTrainer:
             if self.step % cfg.checkpoint.every == 0 or self.step == cfg.optim.steps:
                 self.save()
         bar.close()
-        self.scorer.shutdown()
+        self.scorer.close()
+        self.write_rank_report()
         export = self.export(self.out / "final")
         elapsed = time.perf_counter() - start
         summary = {"steps": self.step, "steps_this_run": self.step - start_step, "wall_s": elapsed,
@@ -313,6 +321,16 @@ class NFTTrainer:
             if self.writer:
                 self.writer.close()
         return summary
+
+    def write_rank_report(self) -> None:
+        """Each rank's view of the final weights (a collective under FSDP): ranks must agree exactly."""
+        def sq_sum(tensors) -> float:
+            return sum(float(full_tensor(t.detach()).double().square().sum()) for t in tensors)
+
+        atomic_write_json(self.out / "ranks" / f"rank{self.info.rank}.json", {
+            "rank": self.info.rank, "world_size": self.info.world_size, "step": self.step,
+            "policy_sq_sum": sq_sum(self.policy.trainable), "old_sq_sum": sq_sum(self.policy.old_weights),
+            "ema_sq_sum": sq_sum(self.ema.shadow.values())})
 
     def save(self) -> None:
         meta = {"prompt_sampler": self.sampler.state_dict(), "config": rl_config_to_dict(self.cfg)}
@@ -333,7 +351,7 @@ class NFTTrainer:
         return model.eval()
 
     def pipeline(self, model: LensTransformer2DModel) -> LensPipeline:
-        defaults = PipelineDefaults(**{**self.base_defaults.__dict__, "cfg": 1.0,
+        defaults = PipelineDefaults(**{**self.base_defaults.__dict__, "cfg": 1.0, "solver": self.cfg.sample.solver,
                                        "steps": self.cfg.checkpoint.export_steps})
         return LensPipeline(model, self.codec, self.text_encoder, defaults,
                             name=f"{self.base_name} + NFT step {self.step}")
@@ -396,6 +414,13 @@ def _padded(batches: list[list], info: DistInfo, fallback: list | None = None) -
         dummy.dummy = True
         out.append(dummy)
     return out
+
+
+def _all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.distributed:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
 
 
 def _gather_rows(rows: torch.Tensor, info: DistInfo) -> torch.Tensor:

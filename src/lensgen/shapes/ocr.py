@@ -29,9 +29,11 @@ def normalise_text(text: str) -> str:
     return re.sub(r"[^A-Z0-9]", "", text.upper())
 
 
-def read_text(image: Image.Image | np.ndarray, box: tuple[float, float, float, float] | None = None) -> str:
+def read_text(image: Image.Image | np.ndarray, box: tuple[float, float, float, float] | None = None,
+              whole_image: bool = True) -> str:
     """OCR a sign (`box` = x0, y0, x1, y1: one line, recognised directly, ~0.04 s) or the whole image
-    (text detection first, upscaled so small renders stay legible, ~0.5 s)."""
+    (text detection first, upscaled so small renders stay legible, ~0.5 s); a sign read as nothing falls
+    back to the whole image unless `whole_image` is False."""
     img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
     img = img.convert("RGB")
     if box is not None:
@@ -41,7 +43,7 @@ def read_text(image: Image.Image | np.ndarray, box: tuple[float, float, float, f
         img = img.resize((max(8, round(img.width * 48 / max(1, img.height))), 48), Image.BICUBIC)
         result, _ = engine()(np.asarray(img), use_det=False, use_cls=False)
         text = "".join(r[0] for r in result or [] if r[1] > 0.5)
-        if text:
+        if text or not whole_image:
             return normalise_text(text)
     if img.height < 256:
         f = 256 / img.height

@@ -1,0 +1,163 @@
+"""`lensgen rl` end to end on a tiny random model: exact resume, failed rewards masked out, LoRA, the Lens
+config's batch shape, and two gloo ranks under torchrun that agree."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from lensgen import cli
+from lensgen.data.rl_prompts import load_rl_prompts
+from lensgen.data.rl_prompts.grammar import generate_shapes_prompts
+from lensgen.data.rl_prompts.records import write_rl_prompts
+from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, LensPipeline, PipelineDefaults
+from lensgen.models.text_encoder import build_text_encoder
+from lensgen.models.transformer import LensTransformer2DModel, preset
+from lensgen.models.vae import build_codec
+from lensgen.rl.config import load_rl_config
+from lensgen.rl.rewards import RewardResult
+from lensgen.rl.trainer import NFTTrainer
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+SHIPPED = DEFAULT_MODEL_DIR  # a trained model: its rewards vary within a group, so the loss has a gradient
+TINY = [
+    "data.prompts_per_step=2", "data.images_per_prompt=2", "data.buckets_per_prompt=1", "data.bases=[48]",
+    "sample.steps=3", "sample.batch_size=4", "optim.train_batch_size=4", "optim.lr=1e-3",
+    "log.eval_every=0", "log.tensorboard=false", "checkpoint.every=1", "system.threads=1",
+    "reward.weights={rubric: 1.0}",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random one-block model of the shapes-tiny architecture, as a pipeline folder."""
+    torch.manual_seed(0)
+    transformer = LensTransformer2DModel(replace(preset("shapes-tiny"), num_layers=1, num_attention_heads=1))
+    pipe = LensPipeline(transformer, build_codec({"backend": "flux2-vae"}), build_text_encoder({"backend": "minilm"}),
+                        PipelineDefaults(height=32, width=32, steps=3, cfg=1.0, max_side=128, schedule="train"),
+                        name="tiny random")
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    pipe.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> Path:
+    records, _ = generate_shapes_prompts(n=40, seed=3)
+    path = tmp_path_factory.mktemp("prompts") / "rl-prompts.jsonl"
+    write_rl_prompts(path, records, {"mode": "shapes", "n": 40, "seed": 3})
+    return path
+
+
+def config(tmp_path, tiny_model, prompts, out: str, steps: int, *more: str, path=CONFIGS / "rl-shapes.yaml"):
+    return load_rl_config(path, [f"out_dir={tmp_path / out}", f"model.init_from={tiny_model}",
+                                 f"data.prompts={prompts}", f"optim.steps={steps}", *TINY, *more])
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_resume_replays_the_same_steps_and_exports_a_cfg_free_model(tmp_path, prompts):
+    NFTTrainer(config(tmp_path, SHIPPED, prompts, "straight", 3), progress=False).run()
+    NFTTrainer(config(tmp_path, SHIPPED, prompts, "split", 2), progress=False).run()
+    NFTTrainer(config(tmp_path, SHIPPED, prompts, "split", 3), resume=True, progress=False).run()
+    a, b = lines(tmp_path / "straight"), lines(tmp_path / "split")
+    assert [m["step"] for m in b] == [1, 2, 3]
+    for key in ("reward_mean", "policy_loss", "kl", "grad_norm"):
+        assert [m[key] for m in b] == pytest.approx([m[key] for m in a], rel=1e-5, abs=1e-7), key
+    assert all(m["grad_norm"] > 0 for m in a) and a[1]["kl"] > 0 and a[0]["old_decay"] == pytest.approx(0.001)
+    # the exported EMA models are the same, sample without CFG, and `lensgen generate` loads them
+    wa = LensTransformer2DModel.from_pretrained(tmp_path / "straight" / "final" / "transformer").state_dict()
+    wb = LensTransformer2DModel.from_pretrained(tmp_path / "split" / "final" / "transformer").state_dict()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    index = json.loads((tmp_path / "straight" / "final" / "model_index.json").read_text())["lensgen"]
+    assert index["cfg"] == 1.0 and index["solver"] == "dpm2"
+    out = tmp_path / "x.png"
+    assert cli.main(["generate", "a red circle", "--model", str(tmp_path / "straight" / "final"), "--steps", "2",
+                     "-o", str(out), "-q"]) == 0 and out.stat().st_size > 0
+
+
+def test_failed_rewards_are_masked_out_of_the_loss(tmp_path, tiny_model, prompts, monkeypatch):
+    trainer = NFTTrainer(config(tmp_path, tiny_model, prompts, "masked", 1), progress=False)
+
+    def half_fail(images, texts, rubrics):
+        n = len(images)
+        valid = torch.tensor([i % 2 == 0 for i in range(n)])
+        scores = torch.where(valid, torch.arange(n, dtype=torch.float32) / n, torch.full((n,), float("nan")))
+        return RewardResult(scores, valid, [{"items": [], "global": None, "reason": ""}] * n)
+
+    monkeypatch.setattr(trainer.scorer, "reward", half_fail)
+    trained = []
+    original = trainer.train_on
+    monkeypatch.setattr(trainer, "train_on", lambda samples: trained.extend(samples) or original(samples))
+    metrics = trainer.rl_step()
+    assert metrics["invalid_share"] == pytest.approx(0.5) and metrics["trained"] == 2
+    assert all(s.valid for s in trained if s.advantage != 0) and all(s.advantage == 0 for s in trained if not s.valid)
+    assert metrics["policy_loss"] == metrics["policy_loss"]  # finite: no NaN from the failed scores
+
+
+def test_lora_trains_only_adapters_and_exports_the_merged_model(tmp_path, prompts):
+    trainer = NFTTrainer(config(tmp_path, SHIPPED, prompts, "lora", 1, "model.lora_rank=4"), progress=False)
+    model = trainer.policy.model
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    assert trainer.policy.trainable and all(".lora_" in n for n in trainer.policy.names)
+    x, txt, s = torch.randn(2, 16, 16), torch.randn(2, 5, 4, 384), torch.tensor([0.3, 0.8])
+    trainer.rl_step()
+    assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if n in base)  # the base is frozen
+    with torch.no_grad():
+        reference = LensTransformer2DModel.from_pretrained(SHIPPED / "transformer")(x, txt, s, (4, 4))
+        torch.testing.assert_close(trainer.policy.ref(x, txt, s, (4, 4)), reference)  # adapters off = the base
+        assert not torch.allclose(trainer.policy(x, txt, s, (4, 4)), reference)  # the adapters learnt something
+        merged = LensTransformer2DModel(model.config)
+        merged.load_state_dict(trainer.policy.merged_state_dict(model.state_dict()))
+        torch.testing.assert_close(merged(x, txt, s, (4, 4)), trainer.policy(x, txt, s, (4, 4)), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_lens_config_runs_one_step_of_its_batch_shape_on_the_tiny_model(tmp_path, tiny_model, prompts):
+    """configs/rl-lens-3.8b.yaml: 48 prompts x 24 images over three buckets, on the tiny random model."""
+    cfg = load_rl_config(CONFIGS / "rl-lens-3.8b.yaml", [
+        f"out_dir={tmp_path / 'lens'}", f"model.init_from={tiny_model}", f"data.prompts={prompts}",
+        "optim.steps=1", "data.bases=[32, 48]", "data.multiple=8", "reward.weights={rubric: 1.0}",
+        "sample.steps=2", "sample.train_levels=1", "log.eval_every=0", "log.tensorboard=false",
+        "system.device=cpu", "system.precision=fp32", "system.fsdp=false", "system.activation_checkpointing=false",
+        "system.compile=false"])
+    assert (cfg.data.prompts_per_step, cfg.data.images_per_prompt) == (48, 24)
+    trainer = NFTTrainer(cfg, progress=False)
+    metrics = trainer.rl_step()
+    assert metrics["images"] == 48 * 24 and metrics["trained"] == 48 * 24
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_shard_the_step_and_agree(tmp_path, prompts):
+    """Two gloo ranks with FSDP2 split each step's images; both end with the same weights, and the step is
+    the one a single process takes (same images and rewards, same update up to float reordering)."""
+    out = tmp_path / "dist"
+    args = [f"model.init_from={SHIPPED}", f"data.prompts={prompts}", "optim.steps=1", *TINY,
+            "data.prompts_per_step=3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "lensgen.cli", "rl", "--quiet", "--config", str(CONFIGS / "rl-shapes.yaml"),
+                    f"--set=out_dir={out}", "--set=system.fsdp=true", *(f"--set={a}" for a in args)],
+                   check=True, env=env, timeout=600)
+    ranks = [json.loads((out / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for key in ("policy_sq_sum", "old_sq_sum", "ema_sq_sum"):
+        assert ranks[0][key] == ranks[1][key], key
+    dist_metrics = lines(out)
+    assert [m["images"] for m in dist_metrics] == [6]  # the group statistics gathered over both ranks
+    single = tmp_path / "single"
+    NFTTrainer(load_rl_config(CONFIGS / "rl-shapes.yaml", [*args, f"out_dir={single}"]), progress=False).run()
+    first, one = dist_metrics[0], lines(single)[0]
+    assert first["reward_mean"] == pytest.approx(one["reward_mean"], rel=1e-6)  # the same images and rewards
+    for key in ("policy_loss", "grad_norm"):
+        assert first[key] == pytest.approx(one[key], rel=1e-3), key
+    alone = json.loads((single / "ranks" / "rank0.json").read_text())
+    assert ranks[0]["policy_sq_sum"] == pytest.approx(alone["policy_sq_sum"], rel=1e-6)
+    assert (out / "final" / "model_index.json").is_file() and len(load_rl_prompts(prompts)) == 40
