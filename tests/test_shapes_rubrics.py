@@ -62,3 +62,25 @@ def test_rubrics_round_trip_through_json():
     rubrics = rubrics_for("a photo of a red circle left of two blue stars")
     again = Rubrics.from_dict(json.loads(json.dumps(rubrics.to_dict())))
     assert again == rubrics and len(again.items) == 7 and again.expected == {"circle": 1, "star": 2}
+
+
+def test_shape_items_give_partial_credit_to_blobs_near_the_shape():
+    """A recognised shape earns 1; a blob the judge reads as another shape earns up to 1/2, more the closer
+    its templates come to the asked shape; nothing earns 0."""
+    from PIL import Image
+
+    from lensgen.shapes.judge import detect
+    from lensgen.shapes.render import render
+    from lensgen.shapes.rubrics import shape_credit
+    from lensgen.shapes.scene import Background, ObjectSpec, Scene
+
+    def one(shape):
+        scene = Scene([ObjectSpec(shape, "red", 0.5, 0.5, 0.3)], Background(), None, 1.0)
+        return detect(render(scene, 64, 64))
+
+    hexagon, circle = one("hexagon"), one("circle")
+    assert hexagon.objects[0].shape_scores["hexagon"] == max(hexagon.objects[0].shape_scores.values())
+    assert shape_credit(hexagon, "hexagon") == 1.0
+    near, far = shape_credit(circle, "hexagon"), shape_credit(circle, "star")
+    assert 0.3 < near <= 0.5 and 0 <= far < near  # a circle is nearly a hexagon, far from a star
+    assert shape_credit(detect(Image.new("RGB", (64, 64), (140, 140, 140))), "hexagon") == 0.0

@@ -47,6 +47,7 @@ class DetectedObject:
     score: float  # template cosine similarity
     quality: float  # soft Dice with the best template: 1 = a clean shape
     rotation: float = 0.0
+    shape_scores: dict[str, float] = field(default_factory=dict)  # best template cosine of every shape
 
 
 @dataclass
@@ -205,7 +206,7 @@ def detect(image: Image.Image | np.ndarray, ocr: bool = False, read_unsigned: bo
                float(y0 + rows.max() + 1)) if rows.size else (float(x), float(y), float(x + bw), float(y + bh))
         det.objects.append(DetectedObject(
             match.shape if match.score >= MIN_SCORE else None, COLOUR_NAMES[ci], box, centre, mass,
-            match.score, match.dice, match.rotation))
+            match.score, match.dice, match.rotation, match.per_shape))
     if ocr:
         if det.signs:
             det.text = "".join(_read(image, box, read_unsigned) for box in sorted(det.signs))

@@ -1,7 +1,8 @@
 """Rubrics: checkable items for a prompt or scene, scored on an image by the judge (the RL reward).
 
 Up to 10 items across Lens's five dimensions, plus one global rule:
-- attributes: each asked shape is present; a sign reads its word (1 - normalised edit distance);
+- attributes: each asked shape is present (a blob close to it earns partial credit); a sign reads its
+  word (1 - normalised edit distance);
 - colour: each group's objects have the asked colour;
 - quantity: each group has exactly the asked number;
 - spatial: asked relations (graded GenEval rule), then absolute regions for scenes;
@@ -144,10 +145,29 @@ def _candidates(det: Detection, ref: list) -> list[DetectedObject]:
     return (det.of(shape, colour) if colour else []) or det.of(shape)
 
 
+SHAPE_MARGIN_SCALE = 0.2  # template-cosine margin over which an unrecognised blob earns its partial credit
+
+
+def shape_credit(det: Detection, shape: str) -> float:
+    """1 when the judge recognises the shape; otherwise partial credit, up to 1/2, for the blob that comes
+    closest: 1/2 + (its cosine with the shape's templates - its best other shape's) / SHAPE_MARGIN_SCALE.
+    A blob that is nearly a hexagon but reads as a circle earns almost 1/2; that gradient is what lets RL
+    turn "found 0" blobs into shapes."""
+    if det.of(shape):
+        return 1.0
+    best = 0.0
+    for o in det.objects:
+        if shape not in o.shape_scores:
+            continue
+        other = max((v for k, v in o.shape_scores.items() if k != shape), default=0.0)
+        best = max(best, float(np.clip(0.5 + (o.shape_scores[shape] - other) / SHAPE_MARGIN_SCALE, 0.0, 0.5)))
+    return best
+
+
 def _item_score(item: RubricItem, det: Detection) -> float:
     p = item.params
     if item.kind == "shape":
-        return 1.0 if det.of(p["shape"]) else 0.0
+        return shape_credit(det, p["shape"])
     if item.kind == "text":
         return text_similarity(det.text or "", p["word"])
     if item.kind == "colour":

@@ -9,7 +9,7 @@ searched: this reads shapes reliably down to ~10 px objects, where perimeter-bas
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -29,6 +29,7 @@ class ShapeMatch:
     rotation: float
     score: float  # cosine similarity with the best template
     dice: float  # soft Dice overlap with the best template: the judge's "well-formed" quality
+    per_shape: dict[str, float] = field(default_factory=dict)  # best cosine of each shape's templates
 
 
 @functools.lru_cache(maxsize=1)
@@ -86,4 +87,7 @@ def classify(alpha: np.ndarray) -> ShapeMatch | None:
     scores = unit @ (v / norm)
     k = int(np.argmax(scores))
     dice = float(2 * np.minimum(raw[k], v).sum() / (raw[k].sum() + v.sum()))
-    return ShapeMatch(names[k], float(rots[k]), float(scores[k]), dice)
+    per_shape: dict[str, float] = {}
+    for name, value in zip(names, scores.tolist()):
+        per_shape[name] = max(per_shape.get(name, -1.0), value)
+    return ShapeMatch(names[k], float(rots[k]), float(scores[k]), dice, per_shape)
