@@ -29,7 +29,7 @@ TINY = [
     "data.prompts_per_step=2", "data.images_per_prompt=2", "data.buckets_per_prompt=1", "data.bases=[48]",
     "sample.steps=3", "sample.batch_size=4", "optim.train_batch_size=4", "optim.lr=1e-3",
     "log.eval_every=0", "log.tensorboard=false", "checkpoint.every=1", "system.threads=1",
-    "reward.weights={rubric: 1.0}",
+    "reward.weights={rubric: 1.0}", "optim.kl_weight=1e-4",
 ]
 
 
@@ -77,6 +77,7 @@ def test_resume_replays_the_same_steps_and_exports_a_cfg_free_model(tmp_path, pr
     wa = LensTransformer2DModel.from_pretrained(tmp_path / "straight" / "final" / "transformer").state_dict()
     wb = LensTransformer2DModel.from_pretrained(tmp_path / "split" / "final" / "transformer").state_dict()
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    assert (tmp_path / "straight" / "reward.png").read_bytes()[:4] == b"\x89PNG"
     index = json.loads((tmp_path / "straight" / "final" / "model_index.json").read_text())["lensgen"]
     assert index["cfg"] == 1.0 and index["solver"] == "dpm2"
     out = tmp_path / "x.png"
@@ -155,7 +156,8 @@ def test_torchrun_two_ranks_shard_the_step_and_agree(tmp_path, prompts):
     single = tmp_path / "single"
     NFTTrainer(load_rl_config(CONFIGS / "rl-shapes.yaml", [*args, f"out_dir={single}"]), progress=False).run()
     first, one = dist_metrics[0], lines(single)[0]
-    assert first["reward_mean"] == pytest.approx(one["reward_mean"], rel=1e-6)  # the same images and rewards
+    # the same images up to float reordering in differently sized batches, so the same (continuous) rewards
+    assert first["reward_mean"] == pytest.approx(one["reward_mean"], rel=1e-4)
     for key in ("policy_loss", "grad_norm"):
         assert first[key] == pytest.approx(one[key], rel=1e-3), key
     alone = json.loads((single / "ranks" / "rank0.json").read_text())

@@ -26,7 +26,7 @@ from lensgen.flow.sampler import sample as solve
 from lensgen.flow.schedule import sampling_sigmas
 from lensgen.images import to_pil
 from lensgen.inference.pipeline import LensPipeline, PipelineDefaults, read_model_index
-from lensgen.io import atomic_write_json, atomic_write_text
+from lensgen.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from lensgen.models.text_encoder import TextEncoder
 from lensgen.models.transformer import LensTransformer2DModel
 from lensgen.models.vae import LatentCodec
@@ -34,6 +34,7 @@ from lensgen.rl import nft
 from lensgen.rl.batches import Job, PromptSampler, by_bucket, noise_seed, plan_jobs, rank_jobs
 from lensgen.rl.config import RLConfig, rl_config_to_dict
 from lensgen.rl.policy import PolicyModels
+from lensgen.rl.report import reward_plot_png
 from lensgen.rl.rewards import AsyncRewards, RewardResult, build_reward, reward_stats
 from lensgen.train import checkpoint as ckpt
 from lensgen.train.ema import EMA
@@ -318,6 +319,9 @@ class NFTTrainer:
                    "export": str(export) if export else None, "world_size": self.info.world_size}
         if self.info.is_main:
             atomic_write_json(self.out / "summary.json", summary)
+            metrics = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line]
+            if metrics:
+                atomic_write_bytes(self.out / "reward.png", reward_plot_png(metrics))
             if self.writer:
                 self.writer.close()
         return summary
