@@ -80,6 +80,23 @@ def test_advantages_are_group_centred_over_the_global_std_and_skip_invalid_sampl
     assert group_advantages(rewards, groups, torch.zeros(5, dtype=torch.bool)).abs().sum() == 0
 
 
+def test_group_scale_divides_each_group_by_its_own_spread():
+    # an easy prompt (rewards 0.9, 0.1) and a hard one (0.02, 0.00): with the global std the hard prompt's
+    # advantages are ~0.05 (r ~ 0.505, no signal); with its own std they are +-1, as large as the easy one's
+    rewards, groups = torch.tensor([0.9, 0.1, 0.02, 0.0]), torch.tensor([0, 0, 1, 1])
+    glob = group_advantages(rewards, groups)
+    std = rewards.std(unbiased=False).item()
+    assert glob.tolist() == pytest.approx([0.4 / (std + 1e-4), -0.4 / (std + 1e-4),
+                                           0.01 / (std + 1e-4), -0.01 / (std + 1e-4)], rel=1e-6)
+    own = group_advantages(rewards, groups, scale="group")
+    assert own.tolist() == pytest.approx([0.4 / 0.4001, -0.4 / 0.4001, 0.01 / 0.0101, -0.01 / 0.0101], rel=1e-6)
+    # a group whose rewards are all equal stays at 0 (no division blow-up); invalid samples too
+    flat = group_advantages(torch.tensor([0.3, 0.3, 1.0, 0.0]), groups, torch.tensor([1, 1, 1, 0]), scale="group")
+    assert flat.tolist() == [0.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="group"):
+        group_advantages(rewards, groups, scale="prompt")
+
+
 def test_optimality_maps_clipped_advantages_to_probabilities():
     r = optimality(torch.tensor([-10.0, -5.0, -2.5, 0.0, 2.5, 5.0, 10.0]))
     assert r.tolist() == pytest.approx([0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0])

@@ -104,6 +104,14 @@ def test_failed_rewards_are_masked_out_of_the_loss(tmp_path, tiny_model, prompts
     assert metrics["policy_loss"] == metrics["policy_loss"]  # finite: no NaN from the failed scores
 
 
+def test_group_spread_metric_ignores_the_spread_between_prompts():
+    from lensgen.rl.trainer import _mean_group_std
+
+    rewards, groups = torch.tensor([0.9, 0.7, 0.1, 0.1, 5.0]), torch.tensor([0, 0, 1, 1, 1])
+    valid = torch.tensor([True, True, True, True, False])  # an invalid sample counts in no spread
+    assert _mean_group_std(rewards, groups, valid) == pytest.approx((0.1 + 0.0) / 2)
+
+
 def test_lora_trains_only_adapters_and_exports_the_merged_model(tmp_path, prompts):
     trainer = NFTTrainer(config(tmp_path, SHIPPED, prompts, "lora", 1, "model.lora_rank=4"), progress=False)
     model = trainer.policy.model

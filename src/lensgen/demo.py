@@ -116,20 +116,6 @@ def trained_model_html(out: Path, export: Path) -> str:
             f"{len(prompts)} prompts and seeds of the grid above, to compare.</p>{''.join(cards)}")
 
 
-def before_rl_html(out: Path) -> str:
-    """The same prompts and seeds from the pretrained model the shipped one was post-trained from (RL)."""
-    from lensgen.inference.pipeline import BASE_MODEL_DIR, LensPipeline
-
-    if not (BASE_MODEL_DIR / "model_index.json").is_file():
-        return ""
-    base = LensPipeline.from_pretrained(BASE_MODEL_DIR)
-    print(f"the same prompts from the pretrained model before RL ({base.name}) ...")
-    cards = sample_cards(base, base.name, DEMO_PROMPTS, out, prefix="base-")
-    return (f"<h3>Before RL</h3><p>The pretrained model the one above was post-trained from with DiffusionNFT "
-            f"({html.escape(base.name)}; {base.defaults.steps} steps, CFG {base.defaults.cfg}), same prompts and "
-            f"seeds.</p>{''.join(cards)}")
-
-
 def run_demo(out: Path, model: str | None, train_steps: int) -> Path:
     from lensgen.inference.generate import load_pipeline
     from lensgen.io import atomic_write_bytes, atomic_write_text
@@ -140,7 +126,6 @@ def run_demo(out: Path, model: str | None, train_steps: int) -> Path:
     start = time.perf_counter()
     cards = sample_cards(pipe, model or pipe.name, DEMO_PROMPTS, out, prefix="")
     grid_s = time.perf_counter() - start
-    before_html = "" if model else before_rl_html(out)
 
     train_html = "<p>Training skipped (--train-steps 0).</p>"
     if train_steps > 0:
@@ -168,7 +153,6 @@ figure img{{image-rendering:pixelated;border:1px solid #ccc}} figcaption{{max-wi
 <p>Model: {html.escape(pipe.name)}; {pipe.defaults.steps} steps, CFG {pipe.defaults.cfg}; eight prompts across
 aspect ratios, generated in {grid_s:.1f} s on this machine.</p>
 {"".join(cards)}
-{before_html}
 <h2>Pretraining from scratch</h2>
 {train_html}
 """

@@ -34,8 +34,6 @@ from lensgen.sizes import validate_size
 MODEL_INDEX = "model_index.json"
 # The Shapes model trained by `lensgen train` and shipped in the package (see its MODEL_CARD.md).
 DEFAULT_MODEL_DIR = Path(__file__).parents[1] / "assets" / "shapes-tiny"
-# The pretrained model it was post-trained from with RL (the RL reference, and what distillation starts from).
-BASE_MODEL_DIR = Path(__file__).parents[1] / "assets" / "shapes-tiny-base"
 
 
 def check_device(device: str | torch.device | None) -> torch.device | None:
@@ -307,5 +305,5 @@ class LensPipeline:
         return to_pil(images)
 
 
-__all__ = ["BASE_MODEL_DIR", "DEFAULT_MODEL_DIR", "LensPipeline", "PipelineDefaults", "check_device", "check_sampling",
+__all__ = ["DEFAULT_MODEL_DIR", "LensPipeline", "PipelineDefaults", "check_device", "check_sampling",
            "read_defaults", "read_model_index"]

@@ -10,6 +10,7 @@ from pathlib import Path
 from lensgen.config import Override, Validated
 from lensgen.config import load_config as load_typed_config
 from lensgen.flow.sampler import SOLVERS
+from lensgen.rl.nft import ADVANTAGE_SCALES
 
 
 @dataclass
@@ -57,6 +58,7 @@ class RLOptimConfig:
     adaptive_weight: bool = True  # the per-sample adaptive weighting of the x0 regression (as published)
     kl_weight: float = 1e-4  # pull to the reference (the pretrained model); 0 skips the reference pass
     adv_clip: float = 5.0
+    advantage_std: str = "global"  # divide by the std of all rewards (as published) or "group": each group's own
     old_decay_rate: float = 0.001  # eta = min(rate * step, cap)
     old_decay_cap: float = 0.5
     ema_decay: float = 0.9  # the evaluation EMA (what is exported)
@@ -128,6 +130,7 @@ class RLConfig(Validated):
             (o.nft_beta > 0, "optim.nft_beta", "a positive number"),
             (o.kl_weight >= 0, "optim.kl_weight", "a number >= 0"),
             (o.adv_clip > 0, "optim.adv_clip", "a positive number"),
+            (o.advantage_std in ADVANTAGE_SCALES, "optim.advantage_std", " or ".join(ADVANTAGE_SCALES)),
             (0 <= o.old_decay_cap < 1 and o.old_decay_rate >= 0, "optim.old_decay_cap",
              "0 <= cap < 1 (and a rate >= 0)"),
             (0 <= o.ema_decay < 1, "optim.ema_decay", "a decay in [0, 1)"),

@@ -29,12 +29,19 @@ import torch
 
 ADV_CLIP = 5.0  # c: advantages are clipped to [-c, c] before the mapping to r
 WEIGHT_FLOOR = 1e-5  # the adaptive weight's lower bound
+ADVANTAGE_SCALES = ("global", "group")  # what the centred rewards are divided by
 
 
 def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, valid: torch.Tensor | None = None,
-                     eps: float = 1e-4) -> torch.Tensor:
-    """(R - mean of the prompt's group) / (std of all rewards + eps); invalid samples are left out of both
-    statistics and get advantage 0. rewards, groups (int ids), valid: (N,)."""
+                     eps: float = 1e-4, scale: str = "global") -> torch.Tensor:
+    """(R - mean of the prompt's group) / (std + eps); invalid samples are left out of both statistics and
+    get advantage 0. rewards, groups (int ids), valid: (N,).
+
+    scale "global" divides by the std of all rewards (as published); "group" by the group's own std, as
+    GRPO does: then a prompt that every image nearly fails still gets full-scale advantages from its small
+    differences, where the global std (inflated by easy prompts) shrinks them toward r = 1/2."""
+    if scale not in ADVANTAGE_SCALES:
+        raise ValueError(f"scale must be one of {ADVANTAGE_SCALES}, got {scale!r}")
     valid = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid.bool()
     rewards = rewards.double()
     adv = torch.zeros_like(rewards)
@@ -43,8 +50,9 @@ def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, valid: torch.T
     std = rewards[valid].std(unbiased=False)
     for g in torch.unique(groups[valid]):
         members = valid & (groups == g)
-        adv[members] = rewards[members] - rewards[members].mean()
-    return (adv / (std + eps)).float()
+        centred = rewards[members] - rewards[members].mean()
+        adv[members] = centred / ((centred.square().mean().sqrt() if scale == "group" else std) + eps)
+    return adv.float()
 
 
 def optimality(advantages: torch.Tensor, clip: float = ADV_CLIP) -> torch.Tensor:

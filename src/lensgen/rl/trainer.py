@@ -189,7 +189,7 @@ class NFTTrainer:
         order = torch.argsort(everything[:, 0] * 1_000_000 + everything[:, 1])
         everything = everything[order]
         groups, rewards, valid = everything[:, 0].long(), everything[:, 2].float(), everything[:, 3].bool()
-        adv = nft.group_advantages(rewards, groups, valid)
+        adv = nft.group_advantages(rewards, groups, valid, scale=self.cfg.optim.advantage_std)
         lookup = {(int(g), int(i)): float(a) for g, i, a in zip(groups, everything[:, 1], adv)}
         for s in samples:
             s.advantage = lookup[(s.job.slot, s.job.index)]
@@ -198,6 +198,8 @@ class NFTTrainer:
         return {"reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
                 "reward_std": float(rewards[valid].std(unbiased=False)) if valid.any() else float("nan"),
                 "invalid_share": float((~valid).float().mean()), "zero_variance_groups": sum(zero) / len(zero),
+                "group_std_mean": _mean_group_std(rewards, groups, valid),
+                "advantage_abs_mean": float(adv[valid].abs().mean()) if valid.any() else 0.0,
                 "images": int(len(everything))}
 
     # ---- one step: train --------------------------------------------------------------------------
@@ -386,6 +388,13 @@ class NFTTrainer:
             return None
         self.pipeline(model).save_pretrained(directory, storage=self.cfg.checkpoint.export_storage)
         return directory
+
+
+def _mean_group_std(rewards: torch.Tensor, groups: torch.Tensor, valid: torch.Tensor) -> float:
+    """The mean over groups of the rewards' spread within the group: the signal a step can learn from
+    (reward_std also counts the spread between prompts, which teaches nothing)."""
+    stds = [rewards[(groups == g) & valid].std(unbiased=False) for g in torch.unique(groups[valid])]
+    return float(torch.stack(stds).mean()) if stds else 0.0
 
 
 class _AdamWSettings:
