@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import io
 import json
 import time
 from pathlib import Path
@@ -50,32 +49,20 @@ def demo_train_config(out_dir: Path, steps: int):
 
 def loss_plot_png(metrics: list[dict]) -> bytes:
     """Training loss (raw and smoothed) and the fixed-batch validation loss, as a PNG."""
-    import matplotlib
+    from lensgen.plots import figure_png, new_axes, plot_noisy_curve
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [m["step"] for m in metrics]
-    loss = [m["loss"] for m in metrics]
-    window = max(1, len(loss) // 15)
-    smooth = [sum(loss[max(0, i - window + 1): i + 1]) / len(loss[max(0, i - window + 1): i + 1])
-              for i in range(len(loss))]
     val = [(m["step"], sum(v for k, v in m.items() if k.startswith("val_loss@")) /
             sum(1 for k in m if k.startswith("val_loss@"))) for m in metrics if "val_loss@0.5" in m]
-    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
-    ax.plot(steps, loss, color="#bbb", lw=0.8, label="training loss (random sigma per sample)")
-    ax.plot(steps, smooth, color="#1f77b4", lw=2, label=f"training loss, mean of {window}")
+    fig, ax = new_axes()
+    plot_noisy_curve(ax, [m["step"] for m in metrics], [m["loss"] for m in metrics],
+                     "training loss (random sigma per sample)", divisions=15)
     if val:
         ax.plot(*zip(*val, strict=True), "o-", color="#d62728", label="validation loss (fixed batch, 5 sigmas)")
     ax.set_xlabel("step")
     ax.set_ylabel("flow-matching MSE")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 TRAINED_SAMPLES = 4  # prompts sampled from the from-scratch model (the first of DEMO_PROMPTS)

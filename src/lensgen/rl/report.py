@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import io
-
 
 def reward_plot_png(metrics: list[dict]) -> bytes:
     """A PNG of metrics.jsonl's reward_mean per step and its running mean, with eval/overall on a second axis."""
-    import matplotlib
+    from lensgen.plots import figure_png, new_axes, plot_noisy_curve
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [m["step"] for m in metrics]
-    reward = [m["reward_mean"] for m in metrics]
-    window = max(1, len(reward) // 12)
-    smooth = [sum(reward[max(0, i - window + 1): i + 1]) / len(reward[max(0, i - window + 1): i + 1])
-              for i in range(len(reward))]
-    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
-    ax.plot(steps, reward, color="#bbb", lw=0.8, label="reward (this step's prompts)")
-    ax.plot(steps, smooth, color="#1f77b4", lw=2, label=f"reward, mean of {window} steps")
+    fig, ax = new_axes()
+    plot_noisy_curve(ax, [m["step"] for m in metrics], [m["reward_mean"] for m in metrics],
+                     "reward (this step's prompts)", divisions=12)
     ax.set_xlabel("RL step")
     ax.set_ylabel("reward")
     ax.grid(alpha=0.3)
@@ -32,11 +22,7 @@ def reward_plot_png(metrics: list[dict]) -> bytes:
         handles.append(line)
         labels.append("held-out ShapesEval, subset")
     ax.legend(handles, labels, fontsize=8, loc="upper left")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 __all__ = ["reward_plot_png"]
