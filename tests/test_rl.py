@@ -105,11 +105,12 @@ def test_failed_rewards_are_masked_out_of_the_loss(tmp_path, tiny_model, prompts
 
 
 def test_group_spread_metric_ignores_the_spread_between_prompts():
-    from lensgen.rl.trainer import _mean_group_std
+    from lensgen.rl.trainer import _group_spreads
 
-    rewards, groups = torch.tensor([0.9, 0.7, 0.1, 0.1, 5.0]), torch.tensor([0, 0, 1, 1, 1])
-    valid = torch.tensor([True, True, True, True, False])  # an invalid sample counts in no spread
-    assert _mean_group_std(rewards, groups, valid) == pytest.approx((0.1 + 0.0) / 2)
+    rewards, groups = torch.tensor([0.9, 0.7, 0.1, 0.1, 5.0, 0.3]), torch.tensor([0, 0, 1, 1, 1, 2])
+    valid = torch.tensor([True, True, True, True, False, False])  # an invalid sample counts in no spread
+    (n0, s0), (n1, s1), (n2, s2) = _group_spreads(rewards, groups, valid)
+    assert (n0, n1, n2) == (2, 2, 0) and s0 == pytest.approx(0.1) and s1 == 0.0 and s2 == 0.0
 
 
 def test_lora_trains_only_adapters_and_exports_the_merged_model(tmp_path, prompts):

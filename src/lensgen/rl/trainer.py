@@ -193,12 +193,13 @@ class NFTTrainer:
         lookup = {(int(g), int(i)): float(a) for g, i, a in zip(groups, everything[:, 1], adv)}
         for s in samples:
             s.advantage = lookup[(s.job.slot, s.job.index)]
-        zero = [bool(valid[groups == g].sum() >= 2 and rewards[(groups == g) & valid].std(unbiased=False) == 0)
-                for g in torch.unique(groups)]
+        spreads = _group_spreads(rewards, groups, valid)
+        zero = [count >= 2 and std == 0 for count, std in spreads]
+        stds = [std for count, std in spreads if count]
         return {"reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
                 "reward_std": float(rewards[valid].std(unbiased=False)) if valid.any() else float("nan"),
                 "invalid_share": float((~valid).float().mean()), "zero_variance_groups": sum(zero) / len(zero),
-                "group_std_mean": _mean_group_std(rewards, groups, valid),
+                "group_std_mean": sum(stds) / len(stds) if stds else 0.0,
                 "advantage_abs_mean": float(adv[valid].abs().mean()) if valid.any() else 0.0,
                 "images": int(len(everything))}
 
@@ -390,11 +391,14 @@ class NFTTrainer:
         return directory
 
 
-def _mean_group_std(rewards: torch.Tensor, groups: torch.Tensor, valid: torch.Tensor) -> float:
-    """The mean over groups of the rewards' spread within the group: the signal a step can learn from
-    (reward_std also counts the spread between prompts, which teaches nothing)."""
-    stds = [rewards[(groups == g) & valid].std(unbiased=False) for g in torch.unique(groups[valid])]
-    return float(torch.stack(stds).mean()) if stds else 0.0
+def _group_spreads(rewards: torch.Tensor, groups: torch.Tensor, valid: torch.Tensor) -> list[tuple[int, float]]:
+    """Each group's number of valid rewards and their spread within the group: the signal a step can learn
+    from (reward_std also counts the spread between prompts, which teaches nothing)."""
+    spreads = []
+    for g in torch.unique(groups):
+        kept = rewards[(groups == g) & valid]
+        spreads.append((len(kept), float(kept.std(unbiased=False)) if len(kept) else 0.0))
+    return spreads
 
 
 class _AdamWSettings:
