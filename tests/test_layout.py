@@ -23,6 +23,7 @@ LAYERS = [
     ("train",),  # pretraining, the Shapes VAE
     ("eval",),  # ShapesEval (and the public benchmarks)
     ("rl",),  # RL post-training (DiffusionNFT): rewards, the NFT objective and trainer
+    ("distill",),  # few-step distillation (Lens-Turbo)
     ("demo", "cli"),  # commands
 ]
 LEVEL = {stage: i for i, stages in enumerate(LAYERS) for stage in stages}
