@@ -19,14 +19,14 @@ def _grad(loss_fn, x: torch.Tensor) -> torch.Tensor:
 def test_dmd_gradient_vanishes_when_fake_and_real_scores_agree():
     x, cond, uncond = _images(0), _images(1), _images(2)
     real = L.cfg_estimate(cond, uncond, 4.0)
-    grad = _grad(lambda x: L.dmd2_loss(x, cond, uncond, real, cfg=4.0)[0], x)
+    grad = _grad(lambda x: L.dmd2_loss(x, real, real.clone())[0], x)
     assert grad.abs().max() == 0.0
 
 
 def test_dmd_gradient_moves_the_image_toward_the_real_estimate_with_per_sample_normalisation():
     x, cond, uncond, fake = _images(0), _images(1), _images(2), _images(3)
     real = L.cfg_estimate(cond, uncond, 3.0)
-    grad = _grad(lambda x: L.dmd2_loss(x, cond, uncond, fake, cfg=3.0)[0], x)
+    grad = _grad(lambda x: L.dmd2_loss(x, real, fake)[0], x)
     norm = (x - real).abs().mean(dim=(1, 2, 3), keepdim=True)
     expected = -(real - fake) / norm / x.numel()  # descending the loss moves x by +(real - fake) / norm
     torch.testing.assert_close(grad, expected)
@@ -37,15 +37,17 @@ def test_dmd_gradient_moves_the_image_toward_the_real_estimate_with_per_sample_n
 def test_decoupled_terms_add_up_to_dmd2_with_equal_weights_and_a_shared_scale():
     x, cond, uncond, fake = _images(0), _images(1), _images(2), _images(3)
     cfg = 4.5
-    norm = L.dmd_normaliser(x, L.cfg_estimate(cond, uncond, cfg))
-    dm, ca = L.distribution_matching_push(cond, fake), L.cfg_augmentation_push(cond, uncond, cfg)
+    guided = L.cfg_estimate(cond, uncond, cfg)
+    norm = L.dmd_normaliser(x, guided)
+    dm, ca = L.distribution_matching_push(cond, fake), L.cfg_augmentation_push(guided, cond)
+    torch.testing.assert_close(ca, (cfg - 1) * (cond - uncond))  # plain CFG: (w - 1)(cond - uncond)
     decoupled = _grad(lambda x: L.decoupled_dmd_loss(x, dm, ca, norm, norm), x)
-    dmd2 = _grad(lambda x: L.dmd2_loss(x, cond, uncond, fake, cfg)[0], x)
+    dmd2 = _grad(lambda x: L.dmd2_loss(x, guided, fake)[0], x)
     torch.testing.assert_close(decoupled, dmd2)
     # each weight scales its own term only; at CFG 1 the augmentation term is gone
     only_ca = _grad(lambda x: L.decoupled_dmd_loss(x, dm, ca, norm, norm, dm_weight=0.0, ca_weight=2.0), x)
     torch.testing.assert_close(only_ca, -2.0 * ca / norm / x.numel())
-    assert L.cfg_augmentation_push(cond, uncond, 1.0).abs().max() == 0.0
+    torch.testing.assert_close(L.cfg_augmentation_push(L.cfg_estimate(cond, uncond, 1.0), cond), torch.zeros_like(x))
 
 
 def test_fake_score_loss_is_zero_on_the_flow_matching_target():

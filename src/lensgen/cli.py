@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "lensgen.data.cli",
     "lensgen.eval.cli",
     "lensgen.rl.cli",
+    "lensgen.distill.cli",
     "lensgen.data.curate.cli",
     "lensgen.data.caption.cli",
     "lensgen.data.rl_prompts.cli",

@@ -49,11 +49,9 @@ def push_loss(x: torch.Tensor, push: torch.Tensor) -> torch.Tensor:
     return 0.5 * F.mse_loss(x.float(), (x + push).detach().float())
 
 
-def dmd2_loss(x: torch.Tensor, x0_cond: torch.Tensor, x0_uncond: torch.Tensor, x0_fake: torch.Tensor,
-              cfg: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """DMD2's distribution-matching loss of the student images x with the real score guided at `cfg`; the
-    estimates come from the same re-noised x_t. Returns (loss, the normalised push)."""
-    x0_real = cfg_estimate(x0_cond, x0_uncond, cfg)
+def dmd2_loss(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DMD2's distribution-matching loss of the student images x: x0_real is the teacher's guided estimate,
+    x0_fake the fake score's, both from the same re-noised x_t. Returns (loss, the normalised push)."""
     push = (x0_real - x0_fake) / dmd_normaliser(x, x0_real)
     return push_loss(x, torch.nan_to_num(push.detach())), push.detach()
 
@@ -63,9 +61,10 @@ def distribution_matching_push(x0_cond: torch.Tensor, x0_fake: torch.Tensor) -> 
     return x0_cond - x0_fake
 
 
-def cfg_augmentation_push(x0_cond: torch.Tensor, x0_uncond: torch.Tensor, cfg: float) -> torch.Tensor:
-    """Decoupled DMD's engine: the teacher's own guidance direction, scaled by w - 1."""
-    return (cfg - 1.0) * (x0_cond - x0_uncond)
+def cfg_augmentation_push(x0_guided: torch.Tensor, x0_cond: torch.Tensor) -> torch.Tensor:
+    """Decoupled DMD's engine: what guidance adds to the teacher's estimate; (w - 1)(x0_cond - x0_uncond) for
+    plain CFG (the sampler's norm-rescaled CFG included as it is)."""
+    return x0_guided - x0_cond
 
 
 def decoupled_dmd_loss(x: torch.Tensor, dm_push: torch.Tensor, ca_push: torch.Tensor, dm_norm: torch.Tensor,

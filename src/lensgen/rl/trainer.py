@@ -26,7 +26,7 @@ from lensgen.flow.sampler import sample as solve
 from lensgen.flow.schedule import sampling_sigmas
 from lensgen.images import to_pil
 from lensgen.inference.pipeline import LensPipeline, PipelineDefaults, read_model_index
-from lensgen.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from lensgen.io import atomic_write_bytes, atomic_write_json
 from lensgen.models.text_encoder import TextEncoder
 from lensgen.models.transformer import LensTransformer2DModel
 from lensgen.models.vae import LatentCodec
@@ -120,7 +120,7 @@ class NFTTrainer:
         self.sampler.load_state_dict(meta["prompt_sampler"])
         if self.info.is_main:
             print(f"resumed from {latest} at step {self.step}")
-            _truncate_metrics(self.out / "metrics.jsonl", self.step)
+            ckpt.truncate_metrics(self.out / "metrics.jsonl", self.step)
 
     def _tensorboard(self):
         if not (self.info.is_main and self.cfg.log.tensorboard):
@@ -452,12 +452,6 @@ def _gather_rows(rows: torch.Tensor, info: DistInfo) -> torch.Tensor:
     gathered = [torch.zeros_like(padded) for _ in range(info.world_size)]
     dist.all_gather(gathered, padded)
     return torch.cat([g[: int(n.item())] for g, n in zip(gathered, sizes)])
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    if path.is_file():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        atomic_write_text(path, "".join(ln + "\n" for ln in lines))
 
 
 __all__ = ["NFTTrainer", "Sample"]

@@ -75,6 +75,17 @@ def save_checkpoint(root: Path, step: int, model, optimizer, ema, meta: dict, in
     return final
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the metric lines of steps after `step` from a metrics.jsonl: a killed run logged them after its last
+    checkpoint, and the resumed run will log them again."""
+    path = Path(path)
+    if path.is_file():
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     pointer = Path(root) / "latest"
     if not pointer.is_file():

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from lensgen.data.buckets import BucketTable
 from lensgen.data.sources import BatchSource, build_batch_source, pick_caption
 from lensgen.errors import UserError
-from lensgen.io import atomic_write_json, atomic_write_text
+from lensgen.io import atomic_write_json
 from lensgen.models.text_encoder import TextFeatures, build_text_encoder
 from lensgen.models.transformer import LensTransformer2DModel, LensTransformerConfig, preset
 from lensgen.models.vae import build_codec
@@ -160,7 +160,7 @@ class Trainer:
         self.source.load_state_dict(meta["sampler"])
         if self.info.is_main:
             print(f"resumed from {latest} at step {self.step}")
-            self._truncate_metrics()
+            ckpt.truncate_metrics(self.out / "metrics.jsonl", self.step)
 
     def _tensorboard(self):
         if not (self.info.is_main and self.cfg.log.tensorboard):
@@ -168,15 +168,6 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         return SummaryWriter(str(self.out / "tensorboard"))
-
-    def _truncate_metrics(self) -> None:
-        """Drop metric lines of steps after the checkpoint (a killed run logged them; they will be redone)."""
-        path = self.out / "metrics.jsonl"
-        if path.is_file():
-            lines = path.read_text().splitlines()
-            kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= self.step]
-            if len(kept) != len(lines):
-                atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     # ---- batches -----------------------------------------------------------------------------
 

@@ -1,0 +1,129 @@
+"""`lensgen distill` end to end on a tiny random teacher: every term trains, exact resume, the export samples
+with the turbo preset, bad configs are refused by field, two gloo ranks agree."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from lensgen import cli
+from lensgen.distill.config import load_distill_config
+from lensgen.distill.turbo import TurboTrainer
+from lensgen.errors import UserError
+from lensgen.inference.pipeline import LensPipeline, PipelineDefaults
+from lensgen.models.text_encoder import build_text_encoder
+from lensgen.models.transformer import LensTransformer2DModel, preset
+from lensgen.models.vae import build_codec
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+TINY = ["data.bases=[32]", "data.batch_size=2", "turbo.steps=2", "loss.fake_updates=2", "log.tensorboard=false",
+        "checkpoint.every=1", "system.threads=1", "optim.lr=1e-3", "optim.fake_lr=1e-3"]
+LOSSES = ("dm_push", "ca_push", "isg", "gan_generator", "fake_score", "gan_discriminator", "r1")
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A random one-block model of the shapes-tiny architecture sampling with CFG 2, as a pipeline folder."""
+    torch.manual_seed(0)
+    transformer = LensTransformer2DModel(replace(preset("shapes-tiny"), num_layers=2, num_attention_heads=1))
+    pipe = LensPipeline(transformer, build_codec({"backend": "flux2-vae"}), build_text_encoder({"backend": "minilm"}),
+                        PipelineDefaults(height=32, width=32, steps=6, cfg=2.0, max_side=128, schedule="train"),
+                        name="tiny teacher")
+    path = tmp_path_factory.mktemp("teacher") / "model"
+    pipe.save_pretrained(path)
+    return path
+
+
+def config(tmp_path, teacher, out: str, steps: int, *more: str):
+    return load_distill_config(CONFIGS / "distill-shapes.yaml", [f"out_dir={tmp_path / out}",
+                                                                f"model.teacher={teacher}", f"optim.steps={steps}",
+                                                                *TINY, *more])
+
+
+def lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_every_term_trains_and_the_export_samples_with_the_turbo_preset(tmp_path, teacher):
+    trainer = TurboTrainer(config(tmp_path, teacher, "all", 2), progress=False)
+    before = {name: weights(m) for name, m in (("student", trainer.student), ("fake", trainer.fake),
+                                               ("head", trainer.models.head))}
+    teacher_before = weights(trainer.teacher)
+    summary = trainer.run()
+    for name, m in (("student", trainer.student), ("fake", trainer.fake), ("head", trainer.models.head)):
+        assert not torch.equal(before[name], weights(m)), f"{name} did not train"
+    assert torch.equal(teacher_before, weights(trainer.teacher))
+    metrics = lines(tmp_path / "all")
+    assert [m["step"] for m in metrics] == [1, 2]
+    for key in LOSSES:
+        assert all(key in m and m[key] == m[key] for m in metrics), key  # present and not NaN
+    pipe = LensPipeline.from_pretrained(summary["export"])
+    assert (pipe.defaults.steps, pipe.defaults.cfg, pipe.defaults.solver) == (2, 1.0, "euler")
+    image = pipe("a red circle", seed=0)[0]
+    assert image.size == (32, 32)
+
+
+def test_switched_off_terms_are_not_computed(tmp_path, teacher):
+    """Only DMD2 (equal weights, one range): no guidance or GAN terms run, and the discriminator stays put."""
+    trainer = TurboTrainer(config(tmp_path, teacher, "dmd2", 1, "loss.isg_weight=0", "loss.gan_weight=0",
+                                  "loss.ida_lambda=1.0"), progress=False)
+    head = weights(trainer.models.head)
+    trainer.run()
+    (m,) = lines(tmp_path / "dmd2")
+    assert {"dm_push", "ca_push", "fake_score"} <= set(m) and not {"isg", "gan_generator", "r1"} & set(m)
+    assert torch.equal(head, weights(trainer.models.head))
+
+
+def test_resume_repeats_the_same_losses(tmp_path, teacher):
+    straight = TurboTrainer(config(tmp_path, teacher, "straight", 2), progress=False)
+    straight.run()
+    TurboTrainer(config(tmp_path, teacher, "stopped", 1), progress=False).run()
+    resumed = TurboTrainer(config(tmp_path, teacher, "stopped", 2), resume=True, progress=False)
+    assert resumed.step == 1
+    resumed.run()
+    a, b = lines(tmp_path / "straight"), lines(tmp_path / "stopped")
+    assert [m["step"] for m in b] == [1, 2]
+    for key in (*LOSSES, "student_grad_norm", "k"):
+        assert a[1][key] == b[1][key], key
+    assert torch.equal(weights(straight.student), weights(resumed.student))
+    assert torch.equal(weights(straight.fake), weights(resumed.fake))
+
+
+def test_bad_config_fields_are_named(tmp_path, teacher):
+    with pytest.raises(UserError, match="loss.ida_lambda"):
+        config(tmp_path, teacher, "bad", 1, "loss.ida_lambda=1.5")
+    with pytest.raises(UserError, match="loss.dm_sigma"):
+        config(tmp_path, teacher, "bad", 1, "loss.dm_sigma=[0.5, 0.1]")
+    with pytest.raises(UserError, match="at least one of"):
+        config(tmp_path, teacher, "bad", 1, "loss.dm_weight=0", "loss.ca_weight=0", "loss.isg_weight=0",
+               "loss.gan_weight=0")
+
+
+def test_cli_help_names_the_terms(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["distill", "--help"])
+    out = capsys.readouterr().out
+    assert "decoupled DMD" in out and "SenseFlow" in out and "--resume" in out
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_take_one_step_and_agree(tmp_path, teacher):
+    out = tmp_path / "dist"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "lensgen.cli", "distill", "--quiet", "--config", str(CONFIGS / "distill-shapes.yaml"),
+                    f"--set=out_dir={out}", f"--set=model.teacher={teacher}", "--set=optim.steps=1",
+                    "--set=system.fsdp=true", *(f"--set={a}" for a in TINY)],
+                   check=True, env=env, timeout=600)
+    (m,) = lines(out)
+    assert m["step"] == 1 and all(m[key] == m[key] for key in LOSSES)
+    assert LensPipeline.from_pretrained(out / "final").defaults.steps == 2
