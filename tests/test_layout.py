@@ -20,6 +20,7 @@ LAYERS = [
     ("flow",),  # noise schedules and the sampler
     ("inference",),  # the pipeline and `lensgen generate`
     ("data",),  # curation, captioning, shards, buckets, training loaders
+    ("reasoner",),  # prompt rewriting: the Shapes planner and an LLM (through data's chat client)
     ("train",),  # pretraining, the Shapes VAE
     ("eval",),  # ShapesEval (and the public benchmarks)
     ("rl",),  # RL post-training (DiffusionNFT): rewards, the NFT objective and trainer
