@@ -19,7 +19,14 @@ from dataclasses import dataclass
 
 from lensgen.config import Validated
 from lensgen.data.caption.checks import check_caption, clean_caption
-from lensgen.data.caption.client import AuthError, ChatClient, RejectedError, TransientError, backoff_seconds, redact
+from lensgen.data.caption.client import (
+    AuthError,
+    ChatClient,
+    RejectedError,
+    TransientError,
+    backoff_seconds,
+    redact,
+)
 from lensgen.data.caption.config import Endpoint, resolve_endpoint
 from lensgen.errors import LensgenWarning
 from lensgen.reasoner.base import Reasoner, Rewrite
