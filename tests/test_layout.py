@@ -25,6 +25,7 @@ LAYERS = [
     ("eval",),  # ShapesEval (and the public benchmarks)
     ("rl",),  # RL post-training (DiffusionNFT): rewards, the NFT objective and trainer
     ("distill",),  # few-step distillation (Lens-Turbo)
+    ("serve",),  # `lensgen serve`: the HTTP API, dynamic batching, the web page
     ("demo", "cli"),  # commands
 ]
 LEVEL = {stage: i for i, stages in enumerate(LAYERS) for stage in stages}

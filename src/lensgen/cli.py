@@ -18,6 +18,7 @@ from lensgen.errors import LensgenWarning, UserError
 COMMAND_MODULES = [
     "lensgen.inference.generate",
     "lensgen.reasoner.cli",
+    "lensgen.serve.cli",
     "lensgen.demo",
     "lensgen.train.cli",
     "lensgen.data.cli",
