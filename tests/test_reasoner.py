@@ -251,3 +251,19 @@ def test_pipeline_reasoner_option_samples_the_rewritten_prompt(shipped_pipeline)
     plain = shipped_pipeline(prompts, height=32, width=48, steps=2, seed=seeds, output_type="pt")
     torch.testing.assert_close(got, want)
     assert (got[0] - plain[0]).abs().max() > 1e-3  # the rewrite reached the model
+
+
+def test_shapes_eval_reasoner_option_rewrites_prompts_but_scores_the_originals(capsys):
+    from lensgen.eval.shapes import reasoned_generator
+
+    seen = []
+
+    def generate(prompts, seeds):
+        seen.append((list(prompts), list(seeds)))
+        return ["image"] * len(prompts)
+
+    wrapped = reasoned_generator(generate, ShapesReasoner(), aspect=1.0)
+    assert wrapped(["two blue squares", "a dog"], [4, 5]) == ["image", "image"]
+    assert seen == [([ShapesReasoner().rewrite("two blue squares", seed=4).text, "a dog"], [4, 5])]
+    assert lensgen.cli.main(["eval", "shapes", "--ground-truth", "--reasoner", "shapes", "--limit", "1"]) == 2
+    assert "--reasoner goes with --model" in capsys.readouterr().err
