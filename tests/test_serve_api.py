@@ -219,3 +219,32 @@ def test_serve_command_checks_before_loading(monkeypatch, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert lensgen.cli.main(["serve", "--queue-size", "2", "--max-n", "4"]) == 2
     assert "queue_size: expected >= max_n" in capsys.readouterr().err
+
+
+def test_llm_reasoner_rewrites_and_its_failure_never_fails_the_request(pipelines, monkeypatch):
+    from chat_server import GOOD, ChatServer
+    from chat_server import KEY as LLM_KEY
+
+    from lensgen.reasoner import NoReasoner
+    from lensgen.reasoner.llm import LLMReasoner, ReasonerConfig
+
+    chat = ChatServer()
+    monkeypatch.setenv("LENSGEN_TEST_REASONER_KEY", LLM_KEY)
+    llm = LLMReasoner(ReasonerConfig(base_url=chat.url, model="m", api_key_env="LENSGEN_TEST_REASONER_KEY",
+                                     timeout_s=0.5, max_retries=1, backoff_base_s=0.01, backoff_max_s=0.02))
+    app = create_app(ModelHost(pipelines), ServeConfig(max_wait_ms=0, reasoner="llm"),
+                     reasoners={"none": NoReasoner(), "llm": llm})
+    try:
+        with running(app) as (_, url):
+            good = post(url, {"prompt": "plain a boat", "n": 2, **FAST}).json()  # the server's default reasoner
+            assert [d["revised_prompt"] for d in good["data"]] == [GOOD, GOOD] and chat.calls["plain"] == 1
+            assert png(good["data"][0]["b64_json"]).text["revised_prompt"] == GOOD
+            with pytest.warns(Warning, match="using the prompt as typed"):
+                down = post(url, {"prompt": "down a boat", **FAST})
+            assert down.status_code == 200 and down.json()["data"][0]["revised_prompt"] == "down a boat"
+            assert "HTTP 503" in down.json()["lensgen"]["reasoner_fallback"]
+            metrics = requests.get(f"{url}/metrics", timeout=10).text
+            assert 'lensgen_rewrites_total{backend="llm",fallback="true"} 1' in metrics
+            assert 'lensgen_rewrites_total{backend="llm",fallback="false"} 1' in metrics
+    finally:
+        chat.close()

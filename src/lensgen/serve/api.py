@@ -96,13 +96,11 @@ class Service:
         """One rewrite per image for a seeded planner (each seed its own layout), else one for all."""
         reasoner = self.reasoners[req.reasoner]
         aspect = req.width / req.height
-        if getattr(reasoner, "seeded", False):
-            rewrites = [reasoner.rewrite(req.prompt, aspect, req.seed + i) for i in range(req.n)]
-        else:
-            rewrites = [reasoner.rewrite(req.prompt, aspect, req.seed)] * req.n
-        for r in rewrites[: 1 if not getattr(reasoner, "seeded", False) else None]:
+        seeds = [req.seed + i for i in range(req.n)] if reasoner.seeded else [req.seed]
+        made = [reasoner.rewrite(req.prompt, aspect, seed) for seed in seeds]
+        for r in made:
             self.metrics.rewrites.inc(backend=r.backend, fallback=str(r.fallback).lower())
-        return rewrites
+        return made if reasoner.seeded else made * req.n
 
     async def generate(self, request: Request) -> Response:
         start = time.monotonic()
