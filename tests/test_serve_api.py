@@ -248,3 +248,15 @@ def test_llm_reasoner_rewrites_and_its_failure_never_fails_the_request(pipelines
             assert 'lensgen_rewrites_total{backend="llm",fallback="false"} 1' in metrics
     finally:
         chat.close()
+
+
+def test_several_models_are_listed_chosen_and_never_share_a_call(shipped_pipeline):
+    host = GatedHost({"first": shipped_pipeline, "second": shipped_pipeline})
+    host.gate.set()
+    with running(create_app(host, ServeConfig(max_wait_ms=300))) as (_, url), ThreadPoolExecutor(4) as pool:
+        assert [m["id"] for m in requests.get(f"{url}/v1/models", timeout=10).json()["data"]] == ["first", "second"]
+        replies = list(pool.map(lambda m: post(url, {"prompt": "a red circle", "model": m, **FAST}),
+                                ["first", "second", "first", "second"]))
+    assert [r.json()["model"] for r in replies] == ["first", "second", "first", "second"]
+    assert [png(r.json()["data"][0]["b64_json"]).text["model"] for r in replies] == ["first", "second"] * 2
+    assert sum(len(call) for call in host.calls) == 4  # (a call mixing models would mislabel an image above)
