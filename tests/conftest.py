@@ -23,3 +23,11 @@ def untrained_pipeline():
     defaults = PipelineDefaults(height=64, width=64, steps=20, cfg=5.0, max_side=256)
     return LensPipeline(transformer, build_codec({"backend": "flux2-vae"}), build_text_encoder({"backend": "minilm"}),
                         defaults, name="shapes-tiny (untrained)")
+
+
+@pytest.fixture(scope="session")
+def shipped_pipeline():
+    """The shipped Shapes model, loaded once per session (the serving and reasoner tests share it)."""
+    from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, LensPipeline
+
+    return LensPipeline.from_pretrained(DEFAULT_MODEL_DIR)

@@ -20,10 +20,12 @@ LAYERS = [
     ("flow",),  # noise schedules and the sampler
     ("inference",),  # the pipeline and `lensgen generate`
     ("data",),  # curation, captioning, shards, buckets, training loaders
+    ("reasoner",),  # prompt rewriting: the Shapes planner and an LLM (through data's chat client)
     ("train",),  # pretraining, the Shapes VAE
     ("eval",),  # ShapesEval (and the public benchmarks)
     ("rl",),  # RL post-training (DiffusionNFT): rewards, the NFT objective and trainer
     ("distill",),  # few-step distillation (Lens-Turbo)
+    ("serve",),  # `lensgen serve`: the HTTP API, dynamic batching, the web page
     ("demo", "cli"),  # commands
 ]
 LEVEL = {stage: i for i, stages in enumerate(LAYERS) for stage in stages}

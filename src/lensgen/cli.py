@@ -17,6 +17,8 @@ from lensgen.errors import LensgenWarning, UserError
 # Modules that contribute commands; each defines register(groups: dict[str, argparse._SubParsersAction]).
 COMMAND_MODULES = [
     "lensgen.inference.generate",
+    "lensgen.reasoner.cli",
+    "lensgen.serve.cli",
     "lensgen.demo",
     "lensgen.train.cli",
     "lensgen.data.cli",

@@ -151,6 +151,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     page = run_demo(Path(args.out), args.model, args.train_steps)
     print(f"wrote {page} in {time.perf_counter() - start:.0f} s")
+    print("to make images from a web page: run `lensgen serve` and open http://127.0.0.1:8000/ "
+          "(docs/serving.md)")
     return 0
 
 

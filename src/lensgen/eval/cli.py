@@ -33,6 +33,10 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     e.add_argument("--size", default=None, help="WxH (default: the model's default size; 64x64 otherwise)")
     e.add_argument("--steps", type=int, default=None, help="sampling steps (model only; default: the model's)")
     e.add_argument("--cfg", type=float, default=None, help="CFG scale (model only; default: the model's)")
+    e.add_argument("--reasoner", choices=("none", "shapes", "llm"), default="none",
+                   help="with --model: rewrite each prompt first (shapes: the offline Shapes planner; llm: an "
+                        "OpenAI-compatible endpoint from LENSGEN_REASONER_BASE_URL / LENSGEN_REASONER_MODEL); "
+                        "scoring reads the original prompt (default none)")
     e.add_argument("--limit", type=int, default=None, help="prompts per task (quick runs)")
     e.add_argument("--batch-size", type=int, default=16, help="images per generate call (default 16)")
     e.add_argument("--seed", type=int, default=0, help="first seed; image k of a prompt uses seed + k")
@@ -84,6 +88,8 @@ def _check_args(args) -> None:
 
     if args.n_per_prompt <= 0 or args.batch_size <= 0 or (args.limit is not None and args.limit <= 0):
         raise UserError("--n-per-prompt, --batch-size and --limit must be positive")
+    if args.reasoner != "none" and not args.model:
+        raise UserError("--reasoner goes with --model (ground truth and noise do not read the prompt's words)")
     if args.save_images and not args.out:
         raise UserError("--save-images needs --out DIR (the images go to DIR/images/)")
     if args.out:
@@ -121,6 +127,11 @@ def _eval_shapes(args) -> int:
         generate, source = se.pipeline_generator(pipe, h, w, steps, cfg), f"model {args.model}"
         model = args.model
         source += f", {steps} steps, CFG {cfg:g}"
+        if args.reasoner != "none":
+            from lensgen.reasoner import make_reasoner
+
+            generate = se.reasoned_generator(generate, make_reasoner(args.reasoner), w / h)
+            source += f", {args.reasoner} reasoner"
     else:
         h, w = validate_size(*(size or (64, 64)), multiple=8)
         if args.ground_truth:
@@ -140,7 +151,7 @@ def _eval_shapes(args) -> int:
     keeper = ImageKeeper(Path(args.out) / "images", h, w, model, *sampled) if args.save_images else None
     result = se.evaluate(generate, n_per_prompt=args.n_per_prompt, batch_size=args.batch_size, seed=args.seed,
                          prompts=specs, progress=not args.no_progress, on_image=keeper)
-    result.extra = {"source": source, "height": h, "width": w, "steps": steps, "cfg": cfg}
+    result.extra = {"source": source, "height": h, "width": w, "steps": steps, "cfg": cfg, "reasoner": args.reasoner}
     table = se.format_table(result, f"ShapesEval, {source}, {w}x{h}, {args.n_per_prompt} per prompt")
     print(table)
     if args.out:

@@ -183,6 +183,16 @@ def noise_generator(height: int, width: int) -> Generate:
     return generate
 
 
+def reasoned_generator(generate: Generate, reasoner: Callable[..., list[str]], aspect: float) -> Generate:
+    """`generate` given each prompt as the reasoner rewrote it (scoring still reads the original prompt):
+    how much a prompt rewrite helps, measured. reasoner(prompts, aspect=..., seeds=...) -> list[str]."""
+
+    def generate_rewritten(prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+        return generate(list(reasoner(list(prompts), aspect=aspect, seeds=list(seeds))), seeds)
+
+    return generate_rewritten
+
+
 def pipeline_generator(pipe, height: int, width: int, steps: int | None, cfg: float | None) -> Generate:
     """Wrap a LensPipeline (or anything with its call signature) as the batched protocol."""
     kwargs = {"height": height, "width": width}

@@ -16,6 +16,7 @@ import math
 import numbers
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -275,7 +276,10 @@ class LensPipeline:
         negative_prompt: str | list[str] = "",
         progress: bool = False,
         output_type: str = "pil",
+        reasoner: Callable[..., list[str]] | None = None,
     ) -> list[Image.Image] | torch.Tensor:
+        """reasoner: rewrites the prompts before encoding, called as reasoner(prompts, aspect=width / height,
+        seeds=seeds) -> list[str] (a `lensgen.reasoner` backend, or any callable of that form)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise UserError("no prompt given")
@@ -284,6 +288,8 @@ class LensPipeline:
         seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
         if len(seeds) != len(prompts):
             raise UserError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        if reasoner is not None:
+            prompts = list(reasoner(prompts, aspect=width / height, seeds=seeds))
 
         grid = (height // self.codec.spatial_factor, width // self.codec.spatial_factor)
         guided = cfg != 1.0
