@@ -1,7 +1,8 @@
 """lensgen: the Lens text-to-image recipe at laptop and cluster scale.
 
 Working today: data curation and dense captioning, the Shapes world, mixed-resolution flow-matching
-pretraining, inference and ShapesEval. RL post-training, distillation, the Reasoner and serving are to come.
+pretraining, RL post-training (DiffusionNFT), few-step distillation, inference with a prompt Reasoner,
+serving, and ShapesEval.
 """
 
 __version__ = "0.1.0"
