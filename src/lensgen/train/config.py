@@ -74,6 +74,9 @@ class SystemConfig:
     fsdp: bool | str = "auto"  # auto (when launched with torchrun and world > 1) | true | false
     threads: int | None = None  # CPU threads per process
     prefetch: bool | str = "auto"  # prepare the next batch in a background thread: auto (on CUDA) | true | false
+    # a device's peak dense bf16 TFLOP/s (a number, or a100 | h100 | h800 | h200): logs MFU beside the model
+    # FLOPs of each step (lensgen.compute); None logs FLOPs and TFLOP/s per GPU only
+    peak_tflops: float | str | None = None
 
 
 @dataclass
@@ -129,11 +132,26 @@ class TrainConfig(Validated):
             (self.system.precision in ("auto", "fp32", "bf16"), "system.precision", "auto, fp32 or bf16"),
             (self.system.fsdp in ("auto", True, False), "system.fsdp", "auto, true or false"),
             (self.system.prefetch in ("auto", True, False), "system.prefetch", "auto, true or false"),
+            (_valid_peak(self.system.peak_tflops), "system.peak_tflops",
+             "a positive TFLOP/s number or a device name (a100, h100, h800, h200)"),
             (self.checkpoint.every > 0, "checkpoint.every", "a positive integer"),
             (self.checkpoint.keep > 0, "checkpoint.keep", "a positive integer"),
             (self.checkpoint.export_storage in ("fp32", "bf16", "int8"), "checkpoint.export_storage",
              "fp32, bf16 or int8"),
         ]
+
+
+def _valid_peak(value) -> bool:
+    from lensgen.compute import device_peak_tflops
+    from lensgen.errors import UserError
+
+    if value is None:
+        return True
+    try:
+        device_peak_tflops(value)
+    except UserError:
+        return False
+    return True
 
 
 def load_config(path: str | Path, overrides: Iterable[Override] = ()) -> TrainConfig:
