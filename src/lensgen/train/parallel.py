@@ -79,14 +79,16 @@ def apply_compile(model: nn.Module) -> None:
         block.compile()
 
 
-def apply_fsdp(model: nn.Module, param_dtype: torch.dtype | None = None) -> nn.Module:
-    """FSDP2: shard each block, then the root (embeddings, final layer)."""
+def apply_fsdp(model: nn.Module, param_dtype: torch.dtype | None = None, mesh=None) -> nn.Module:
+    """FSDP2: shard each block, then the root (embeddings, final layer). Parameters stay fp32 (the master
+    weights the optimiser updates); `param_dtype` (bf16 on GPUs) is what each gathered block computes in;
+    gradients are reduced in fp32. `mesh`: the device mesh (default: all ranks of the process group)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for block in model.transformer_blocks:
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+        fully_shard(block, mp_policy=policy, mesh=mesh)
+    fully_shard(model, mp_policy=policy, mesh=mesh)
     return model
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lensgen.compute import StepShape, mfu, training_flops
 from lensgen.data.buckets import BucketTable
 from lensgen.data.sources import BatchSource, build_batch_source, pick_caption
 from lensgen.errors import UserError
@@ -29,6 +30,7 @@ from lensgen.train import checkpoint as ckpt
 from lensgen.train.batch import TokenBatch, collate
 from lensgen.train.config import ModelConfig, OptimConfig, SystemConfig, TrainConfig, config_to_dict
 from lensgen.train.ema import EMA
+from lensgen.train.materialize import init_shards, load_shards, meta_transformer, pretrained_config
 from lensgen.train.objective import SigmaSampling, masked_mse, noisy_input
 from lensgen.train.parallel import (
     DistInfo,
@@ -85,15 +87,35 @@ def build_transformer(model: ModelConfig) -> LensTransformer2DModel:
     return LensTransformer2DModel(transformer_config(model))
 
 
-def parallelize(model: LensTransformer2DModel, system: SystemConfig, info: DistInfo, bf16: bool) -> bool:
+def fsdp_enabled(system: SystemConfig, info: DistInfo) -> bool:
+    return system.fsdp is True or (system.fsdp == "auto" and info.distributed)
+
+
+def build_sharded_transformer(model: ModelConfig, system: SystemConfig, info: DistInfo,
+                              bf16: bool) -> LensTransformer2DModel:
+    """The transformer built on the meta device, parallelised (FSDP2 shards), then its shards allocated on
+    this rank's device and filled: initialised exactly as `build_transformer` would with the same RNG
+    state, or loaded from `init_from`. No rank holds a full copy (see lensgen.train.materialize)."""
+    folder = Path(model.init_from) / "transformer" if model.init_from else None
+    net = meta_transformer(pretrained_config(folder) if folder else transformer_config(model))
+    parallelize(net, system, info, bf16)
+    net.to_empty(device=info.device)
+    if folder:
+        load_shards(net, folder)
+    else:
+        init_shards(net)
+    return net
+
+
+def parallelize(model: LensTransformer2DModel, system: SystemConfig, info: DistInfo, bf16: bool, mesh=None) -> bool:
     """Activation checkpointing, per-block compile and FSDP2, applied in place. Returns whether FSDP shards it."""
-    use_fsdp = system.fsdp is True or (system.fsdp == "auto" and info.distributed)
+    use_fsdp = fsdp_enabled(system, info)
     if system.activation_checkpointing:
         apply_activation_checkpointing(model)
     if system.compile:
         apply_compile(model)
     if use_fsdp:
-        apply_fsdp(model, torch.bfloat16 if bf16 else None)
+        apply_fsdp(model, torch.bfloat16 if bf16 else None, mesh)
     return use_fsdp
 
 
@@ -129,8 +151,12 @@ class Trainer:
         self.text_encoder = build_text_encoder(config.model.text_encoder, device=self.device, dtype=frozen_dtype)
         self.text = text_features(self.text_encoder, config.data.text_cache)
         self.codec = build_codec(config.model.codec, device=self.device)
-        self.model = build_transformer(config.model).to(self.device).train()
-        use_fsdp = parallelize(self.model, config.system, self.info, self.bf16)
+        use_fsdp = fsdp_enabled(config.system, self.info)
+        if use_fsdp:  # meta -> shard -> fill: the full fp32 model never exists on any rank
+            self.model = build_sharded_transformer(config.model, config.system, self.info, self.bf16).train()
+        else:
+            self.model = build_transformer(config.model).to(self.device).train()
+            parallelize(self.model, config.system, self.info, self.bf16)
         self.ema = EMA(self.model, config.optim.ema_decay)  # after FSDP: each rank averages its own shards
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
                          if self.bf16 and not use_fsdp else nullcontext())
@@ -238,13 +264,14 @@ class Trainer:
         o = self.cfg.optim
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, o)
-        total, images, waste = 0.0, 0, []
+        total, images, waste, flops = 0.0, 0, [], 0
         for micro in range(o.grad_accum):
             gen = torch.Generator().manual_seed(hash(self._draw_key(self.step, micro)) & 0x7FFF_FFFF_FFFF)
             prepared = self.prefetcher.get((self.step, micro))
             batch, text, keys = prepared.batch, prepared.text, prepared.keys
             self.sampler_state = prepared.sampler_state
             waste.append(self.source.padding_waste(keys))
+            flops += training_flops(self.model.config, StepShape(len(keys), batch.tokens.shape[1], text.length))
             tokens_per_sample = torch.tensor([h * w for h, w in batch.sizes])
             sigma = self.sigmas.sample(tokens_per_sample, gen)
             noise = torch.randn(batch.tokens.shape, generator=gen)
@@ -263,7 +290,9 @@ class Trainer:
         self.step += 1
         self.ema.update(self.model, self.step)
         loss_mean = all_reduce_mean(torch.tensor(total, device=self.device), self.info).item()
-        return {"loss": loss_mean, "grad_norm": float(full_tensor(grad_norm)), "lr": lr_at(self.step - 1, o),
+        flops_all = all_reduce_mean(torch.tensor(float(flops), device=self.device, dtype=torch.float64),
+                                    self.info).item() * self.info.world_size
+        return {"loss": loss_mean, "tflop": flops_all / 1e12, "grad_norm": float(full_tensor(grad_norm)), "lr": lr_at(self.step - 1, o),
                 "images": images * self.info.world_size, "padding_waste": sum(waste) / len(waste)}
 
     @torch.no_grad()
@@ -291,6 +320,10 @@ class Trainer:
             last = self.train_step()
             last.update(step=self.step, seconds=time.perf_counter() - t0)
             last["images_per_s"] = last["images"] / last["seconds"]
+            last["tflops_per_gpu"] = last["tflop"] / last["seconds"] / self.info.world_size
+            if self.cfg.system.peak_tflops is not None:  # model FLOPs utilisation against the card's peak
+                last["mfu"] = mfu(last["tflop"] * 1e12, last["seconds"], self.cfg.system.peak_tflops,
+                                  self.info.world_size)
             if cfg.log.val_every and (self.step % cfg.log.val_every == 0 or self.step == o.steps):
                 last.update(self.validation_losses())
             if self.info.is_main:
