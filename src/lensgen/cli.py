@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "lensgen.inference.generate",
     "lensgen.demo",
     "lensgen.train.cli",
+    "lensgen.train.plan_cli",
     "lensgen.data.cli",
     "lensgen.eval.cli",
     "lensgen.rl.cli",

@@ -1,0 +1,87 @@
+"""Full scale without a cluster: meta-device build + shard-by-shard init under torchrun, and the memory
+planner held against the real memory of the same step on CPU (FSDP2, two gloo ranks)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lensgen.train.config import load_config
+from lensgen.train.planner import GIB, Planner
+
+CONFIG = """
+out_dir: unused
+model: {preset: shapes-tiny, overrides: {num_layers: 2}}
+data: {bases: [64, 128], multiple: 8}
+system: {precision: fp32, threads: 1}
+"""
+RESOLUTION, BATCH, TEXT_TOKENS = 128, 4, 32
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+       "TRANSFORMERS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """What each of two torchrun ranks saw: init/load equality and the measured memory of a real step."""
+    out = tmp_path_factory.mktemp("fsdp")
+    config = out / "tiny.yaml"
+    config.write_text(CONFIG)
+    worker = Path(__file__).parent / "fsdp_scale_worker.py"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    str(worker), str(config), str(out), str(RESOLUTION), str(BATCH), str(TEXT_TOKENS)],
+                   check=True, env=ENV, timeout=600)
+    return config, [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_meta_init_then_shards_equal_a_plain_build_and_a_load(two_ranks):
+    _, ranks = two_ranks
+    for r in ranks:
+        assert r["world_size"] == 2
+        assert r["init_identical"]  # meta -> fully_shard -> to_empty -> init_shards == plain build, same seed
+        assert r["rng_in_step"]  # and the global RNG is left where a plain build leaves it
+        assert r["local_fraction"] == pytest.approx(0.5, abs=0.01)  # each rank holds half
+        assert r["load_identical"]  # an int8 export read shard by shard == from_pretrained
+
+
+@pytest.mark.slow
+def test_planner_matches_the_real_peak_of_the_same_step_within_10_percent(two_ranks):
+    config_path, ranks = two_ranks
+    planner = Planner(load_config(config_path), 2, text_tokens=TEXT_TOKENS, text_encoder="precomputed")
+    plans = {}
+    for ckpt in (False, True):
+        plan = planner.plan_step(RESOLUTION, BATCH, ckpt)
+        real = ranks[0][f"measured_ckpt_{int(ckpt)}"]
+        assert plan.peak == pytest.approx(real["total"], rel=0.10), (ckpt, vars(plan.memory), real)
+        # resident state is exact: optimiser moments and fp32 EMA shards
+        assert plan.memory.optimizer == real["optimizer"] and plan.memory.ema == real["ema"]
+        plans[ckpt] = plan
+    assert plans[True].memory.activations < plans[False].memory.activations  # checkpointing saves memory
+
+
+@pytest.mark.slow
+def test_plan_command_simulates_a_large_model_without_allocating_it(tmp_path):
+    """lens-3.8b's width and GPT-OSS-20B's shape (one block, to keep the test short): planned peaks of many
+    GiB while the planning process stays small."""
+    out = tmp_path / "plan.json"
+    cmd = [sys.executable, "-m", "lensgen.cli", "plan", "--config", "configs/lens-3.8b.yaml", "--gpus", "8",
+           "--gpu-mem", "80", "--resolutions", "1024", "--batches", "4,8", "--checkpointing", "off",
+           "--set", "model.overrides={num_layers: 1}", "--no-flop-count", "--json", str(out), "-q"]
+    root = Path(__file__).parent.parent
+    done = subprocess.run(cmd, env=ENV, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "per-GPU peak memory" in done.stdout and "largest batch per GPU that fits" in done.stdout
+    plan = json.loads(out.read_text())
+    peaks = [s["peak_gib"] for s in plan["steps"]]
+    assert max(peaks) > 4 and plan["host_rss_gib"] < 2.0, (peaks, plan["host_rss_gib"])
+    te = plan["text_encoder"]  # GPT-OSS-20B: ~20.3B parameters without the LM head, 1/8 of them per GPU in bf16
+    assert 20e9 < te["params"] < 21e9
+    assert te["resident_gib"]["sharded"] == pytest.approx(te["params"] * 2 / 8 / GIB, rel=1e-6)
+    assert all(s["memory_gib"]["text_encoder"] >= te["resident_gib"]["sharded"] for s in plan["steps"])
+    best = plan["largest"][0]["step"]
+    assert best["peak_gib"] <= 80 and best["batch"] >= 8
+    bad = subprocess.run([*cmd[:6], "0", *cmd[7:]], env=ENV, cwd=root, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--gpus must be at least 1" in bad.stderr
