@@ -79,6 +79,27 @@ def main() -> None:
         train_step(net, optimizer, ema, inputs, cfg.optim.grad_clip)
         memory, total = measure_step(net, optimizer, ema, inputs, cfg.optim.grad_clip)
         report[f"measured_ckpt_{int(ckpt)}"] = {"total": total, **vars(memory)}
+    # the frozen text encoder sharded across the ranks gives the features a full copy gives; a rank whose
+    # prompts are all empty still joins the other's forward (it is a collective)
+    from lensgen.models.text_encoder import build_text_encoder
+    from lensgen.train.parallel import node_mesh
+    from lensgen.train.trainer import Trainer, shard_text_encoder
+
+    prompts = ["a red circle above two blue squares", "the word LENS"] if rank else ["", ""]
+    full = build_text_encoder({"backend": "minilm"}).encode(prompts)
+    encoder = build_text_encoder({"backend": "minilm"})
+    shard_text_encoder(encoder, node_mesh(info))
+    shards = encoder.encode(prompts)
+    report["text_encoder_local_fraction"] = (sum(p.to_local().numel() for p in encoder.parameters())
+                                             / sum(p.numel() for p in encoder.parameters()))
+    report["text_encoder_identical"] = (torch.equal(shards.mask, full.mask)
+                                        and torch.allclose(shards.features, full.features, atol=1e-5))
+    # and the trainer trains with it (caption dropout makes all-empty batches likely)
+    trainer = Trainer(load_config(config_path, [
+        "system.fsdp=true", "system.text_encoder_fsdp=node", "system.prefetch=false", f"out_dir={out / 'train'}",
+        "log.val_every=0", "log.val_images_every=0", "log.tensorboard=false", "optim.batch_size=2",
+        "optim.caption_dropout=0.5", "data.num_items=64"]), progress=False)
+    report["sharded_text_losses"] = [trainer.train_step()["loss"] for _ in range(3)]
     (out / f"rank{rank}.json").write_text(json.dumps(report))
     dist.barrier()
     dist.destroy_process_group()

@@ -15,6 +15,8 @@ from lensgen.config import add_config_arguments
 from lensgen.errors import UserError
 
 GIB = 2**30
+# (the planner's list, repeated here so that `lensgen --help` does not import torch)
+TEXT_ENCODER_MODES = ("sharded", "node-sharded", "replicated", "precomputed")
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -42,8 +44,7 @@ def plan_to_dict(plan) -> dict:
             "largest": [{"resolution": r, "activation_checkpointing": c, "step": step(s)}
                         for (r, c), s in plan.largest.items()],
             "text_encoder": {"name": te.name, "params": te.params,
-                             "resident_gib": {m: te.resident(m, plan.world_size) / GIB
-                                              for m in ("sharded", "replicated", "precomputed")},
+                             "resident_gib": {m: te.resident(m, plan.world_size) / GIB for m in TEXT_ENCODER_MODES},
                              "gathered_while_encoding_gib": te.transient("sharded") / GIB,
                              "features_mb_per_sample": te.features_bytes_per_sample(plan.text_tokens, 4) / 1e6},
             "host_rss_gib": plan.host_rss_gib}
@@ -75,7 +76,7 @@ def format_plan(plan) -> str:
     te, w = plan.text_cost, plan.world_size
     lines += ["text encoder per GPU: "
               f"sharded {te.resident('sharded', w) / GIB:.1f} GiB (+{te.transient('sharded') / GIB:.1f} GiB gathered "
-              f"while encoding); replicated {te.resident('replicated', w) / GIB:.1f} GiB; precomputed 0 GiB "
+              f"while encoding); node-sharded {te.resident('node-sharded', w) / GIB:.1f} GiB (same +); replicated {te.resident('replicated', w) / GIB:.1f} GiB; precomputed 0 GiB "
               f"(+{te.features_bytes_per_sample(plan.text_tokens, 4) / 1e6:.1f} MB of features per sample on disk)",
               f"  encoding one prompt: {te.forward_flops(plan.text_tokens) / 1e12:.2f} TFLOP "
               f"({te.params / 1e9:.2f}B parameters, {te.active_params_per_token / 1e9:.2f}B active per token)",
@@ -99,7 +100,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
             best = "nothing fits" if step is None else f"batch {step.batch}"
             print(f"  planned {res} px, checkpointing {'on' if on else 'off'}: {best}", file=sys.stderr, flush=True)
 
-    plan = make_plan(config, args.gpus, args.gpu_mem, resolutions, batches, ckpt, args.text_encoder,
+    text_mode = args.text_encoder or {"all": "sharded", "node": "node-sharded"}.get(
+        config.system.text_encoder_fsdp, "replicated")
+    plan = make_plan(config, args.gpus, args.gpu_mem, resolutions, batches, ckpt, text_mode,
                      args.text_tokens, config_path=args.config, count_flops=not args.no_flop_count,
                      progress=progress)
     print(format_plan(plan))
@@ -131,9 +134,11 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                                                     "(default 1,2)")
     p.add_argument("--checkpointing", choices=("both", "on", "off"), default="both",
                    help="activation checkpointing settings to plan (default both)")
-    p.add_argument("--text-encoder", choices=("sharded", "replicated", "precomputed"), default="sharded",
-                   help="how the frozen text encoder runs: FSDP2-sharded across the GPUs (default), a full copy "
-                        "per GPU, or features precomputed to disk ahead of training (nothing on the GPU)")
+    p.add_argument("--text-encoder", choices=TEXT_ENCODER_MODES,
+                   help="how the frozen text encoder runs: FSDP2-sharded across all GPUs, sharded within each node "
+                        "of 8 and replicated across nodes, a full copy per GPU, or features precomputed to disk "
+                        "ahead of training (nothing on the GPU). Default: what the config's "
+                        "system.text_encoder_fsdp says (all, node, false)")
     p.add_argument("--text-tokens", type=int, help="text tokens per sample (default: the encoder's max_length, "
                                                    "the worst case)")
     p.add_argument("--no-flop-count", action="store_true",

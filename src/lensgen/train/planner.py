@@ -47,7 +47,8 @@ GIB = 2**30
 GPT_OSS_20B = {"num_hidden_layers": 24, "hidden_size": 2880, "intermediate_size": 2880, "num_local_experts": 32,
                "num_experts_per_tok": 4, "vocab_size": 201088, "num_attention_heads": 64,
                "num_key_value_heads": 8, "head_dim": 64}
-TEXT_ENCODER_MODES = ("sharded", "replicated", "precomputed")
+TEXT_ENCODER_MODES = ("sharded", "node-sharded", "replicated", "precomputed")
+GPUS_PER_NODE = 8
 
 
 # ---- the step ---------------------------------------------------------------------------------------
@@ -169,8 +170,10 @@ class TextEncoderCost:
     """What the frozen LM costs each GPU, for a way of running it.
 
     sharded: FSDP2 across all ranks in bf16, no grad: 1/W of it resident, plus two gathered layers (the one
-    running and the one prefetched) while it encodes. replicated: the whole of it on every GPU.
-    precomputed: nothing on the GPU; features come from disk (`features_bytes_per_sample` each, bf16)."""
+    running and the one prefetched) while it encodes. node-sharded: the same within each node of
+    GPUS_PER_NODE GPUs, replicated across nodes (HSDP: all-gathers stay on the node's NVLink).
+    replicated: the whole of it on every GPU. precomputed: nothing on the GPU; features come from disk
+    (`features_bytes_per_sample` each, bf16)."""
 
     name: str
     params: int
@@ -182,10 +185,12 @@ class TextEncoderCost:
 
     def resident(self, mode: str, world_size: int) -> int:
         full = self.params * self.bytes_per_param
-        return {"sharded": math.ceil(full / world_size), "replicated": full, "precomputed": 0}[mode]
+        return {"sharded": math.ceil(full / world_size),
+                "node-sharded": math.ceil(full / min(world_size, GPUS_PER_NODE)),
+                "replicated": full, "precomputed": 0}[mode]
 
     def transient(self, mode: str) -> int:
-        return 2 * self.largest_layer_params * self.bytes_per_param if mode == "sharded" else 0
+        return 2 * self.largest_layer_params * self.bytes_per_param if mode.endswith("sharded") else 0
 
     def forward_flops(self, tokens: int) -> int:
         """Matmul FLOPs to encode one prompt of `tokens` tokens (template included), attention excluded."""
@@ -246,9 +251,17 @@ class StepPlan:
     memory: Memory
     model_flops: int  # forward + backward of the model (lensgen.compute.training_flops), no recompute
 
+    text_resident: int = 0  # the text encoder's resident share of memory.text_encoder
+
     @property
     def peak(self) -> int:
         return self.memory.total
+
+    @property
+    def step_peak(self) -> int:
+        """The training step's peak with the encoder's resident shards but not its transient gathers
+        (those only matter at small batches, where they are the peak; they do not grow with the batch)."""
+        return self.memory.total - self.memory.text_encoder + self.text_resident
 
 
 @contextlib.contextmanager
@@ -349,7 +362,8 @@ class Planner:
         memory.text_encoder = self._text_encoder_bytes(memory.total - settled)
         grid = self.grid(resolution)
         shape = StepShape(batch, grid[0] * grid[1], self.text_tokens)
-        return StepPlan(resolution, batch, checkpointing, memory, training_flops(self.model_config, shape))
+        return StepPlan(resolution, batch, checkpointing, memory, training_flops(self.model_config, shape),
+                        self.text_cost.resident(self.text_mode, self.world_size))
 
     def count_flops(self, resolution: int, batch: int = 1) -> int:
         """FLOPs per GPU of one forward + backward, counted op by op by FlopCounterMode on fake tensors (a
@@ -391,11 +405,12 @@ class Plan:
 
 
 def largest_batch(small: StepPlan, large: StepPlan, capacity: int) -> int:
-    """Memory is affine in the batch size at a fixed resolution: the largest batch under `capacity`."""
-    slope = (large.peak - small.peak) / (large.batch - small.batch)
+    """The step's memory is affine in the batch size at a fixed resolution: the largest batch under
+    `capacity` on the line through two simulated steps (to be confirmed by simulating it)."""
+    slope = (large.step_peak - small.step_peak) / (large.batch - small.batch)
     if slope <= 0:
         return large.batch
-    return max(0, small.batch + math.floor((capacity - small.peak) / slope))
+    return max(0, small.batch + math.floor((capacity - small.step_peak) / slope))
 
 
 def make_plan(config: TrainConfig, world_size: int, gpu_mem_gib: float, resolutions: list[int] | None = None,
@@ -422,8 +437,9 @@ def make_plan(config: TrainConfig, world_size: int, gpu_mem_gib: float, resoluti
                     planner.plan_step(resolution, best, ckpt))
                 if confirmed.peak <= capacity:
                     break
-                best -= 1  # the line was optimistic: step down until it fits
-                confirmed = None
+                # the line was optimistic: refit it through the point that did not fit, and go below
+                below = largest_batch(small, confirmed, capacity) if confirmed.batch != small.batch else 0
+                best, confirmed = min(best - 1, below), None
             if confirmed is not None and confirmed not in plan.steps:
                 plan.steps.append(confirmed)
             plan.largest[(resolution, ckpt)] = confirmed

@@ -40,6 +40,8 @@ from lensgen.train.parallel import (
     apply_fsdp,
     full_tensor,
     init_distributed,
+    node_mesh,
+    shard_frozen,
 )
 from lensgen.train.prefetch import Prefetcher
 from lensgen.train.text_cache import text_features
@@ -107,6 +109,18 @@ def build_sharded_transformer(model: ModelConfig, system: SystemConfig, info: Di
     return net
 
 
+def shard_text_encoder(encoder, mesh) -> None:
+    """FSDP2 over the frozen LM's decoder blocks (BERT's encoder layers for MiniLM), then the whole; every
+    forward becomes a collective, so the encoder runs one even for a batch of only empty prompts."""
+    lm = encoder.model
+    blocks = lm.layers if hasattr(lm, "layers") else lm.encoder.layer
+    shard_frozen(lm, blocks, mesh)
+    # FSDP2 keeps the root's parameters gathered after a forward (training would need them for backward);
+    # here no backward follows, so give them back (GPT-OSS's embeddings alone are 1.2 GB)
+    lm.register_forward_hook(lambda module, args, output: module.reshard())
+    encoder.collective = True
+
+
 def parallelize(model: LensTransformer2DModel, system: SystemConfig, info: DistInfo, bf16: bool, mesh=None) -> bool:
     """Activation checkpointing, per-block compile and FSDP2, applied in place. Returns whether FSDP shards it."""
     use_fsdp = fsdp_enabled(system, info)
@@ -148,10 +162,15 @@ class Trainer:
         torch.manual_seed(config.optim.seed)
 
         frozen_dtype = torch.bfloat16 if self.bf16 else torch.float32
-        self.text_encoder = build_text_encoder(config.model.text_encoder, device=self.device, dtype=frozen_dtype)
+        use_fsdp = fsdp_enabled(config.system, self.info)
+        self.text_encoder_sharded = bool(config.system.text_encoder_fsdp) and use_fsdp
+        if self.text_encoder_sharded:  # read on the host, then only this rank's shards go to its device
+            self.text_encoder = build_text_encoder(config.model.text_encoder, dtype=frozen_dtype)
+            shard_text_encoder(self.text_encoder, node_mesh(self.info, config.system.text_encoder_fsdp))
+        else:
+            self.text_encoder = build_text_encoder(config.model.text_encoder, device=self.device, dtype=frozen_dtype)
         self.text = text_features(self.text_encoder, config.data.text_cache)
         self.codec = build_codec(config.model.codec, device=self.device)
-        use_fsdp = fsdp_enabled(config.system, self.info)
         if use_fsdp:  # meta -> shard -> fill: the full fp32 model never exists on any rank
             self.model = build_sharded_transformer(config.model, config.system, self.info, self.bf16).train()
         else:
@@ -397,11 +416,14 @@ class Trainer:
         model = self.ema_model()
         if model is None:
             return None
-        pipe = LensPipeline(model, self.codec.cpu(), self.text_encoder.cpu(), self.pipeline_defaults(),
+        # a sharded encoder stays where its shards are: the folder only records its config
+        text_encoder = self.text_encoder if self.text_encoder_sharded else self.text_encoder.cpu()
+        pipe = LensPipeline(model, self.codec.cpu(), text_encoder, self.pipeline_defaults(),
                             name=f"{self.cfg.model.preset} step {self.step}")
         pipe.save_pretrained(directory, storage=self.cfg.checkpoint.export_storage)
         self.codec.to(self.device)
-        self.text_encoder.to(self.device)
+        if not self.text_encoder_sharded:
+            self.text_encoder.to(self.device)
         return directory
 
     def log_images(self) -> None:
