@@ -46,7 +46,7 @@ def plan_to_dict(plan) -> dict:
             "text_encoder": {"name": te.name, "params": te.params,
                              "resident_gib": {m: te.resident(m, plan.world_size) / GIB for m in TEXT_ENCODER_MODES},
                              "gathered_while_encoding_gib": te.transient("sharded") / GIB,
-                             "features_mb_per_sample": te.features_bytes_per_sample(plan.text_tokens, 4) / 1e6},
+                             "features_mb_per_sample": te.features_bytes_per_sample(plan.text_tokens, plan.text_layers) / 1e6},
             "host_rss_gib": plan.host_rss_gib}
 
 
@@ -77,7 +77,7 @@ def format_plan(plan) -> str:
     lines += ["text encoder per GPU: "
               f"sharded {te.resident('sharded', w) / GIB:.1f} GiB (+{te.transient('sharded') / GIB:.1f} GiB gathered "
               f"while encoding); node-sharded {te.resident('node-sharded', w) / GIB:.1f} GiB (same +); replicated {te.resident('replicated', w) / GIB:.1f} GiB; precomputed 0 GiB "
-              f"(+{te.features_bytes_per_sample(plan.text_tokens, 4) / 1e6:.1f} MB of features per sample on disk)",
+              f"(+{te.features_bytes_per_sample(plan.text_tokens, plan.text_layers) / 1e6:.1f} MB of features per sample on disk)",
               f"  encoding one prompt: {te.forward_flops(plan.text_tokens) / 1e12:.2f} TFLOP "
               f"({te.params / 1e9:.2f}B parameters, {te.active_params_per_token / 1e9:.2f}B active per token)",
               f"planning used {plan.host_rss_gib:.2f} GiB of host memory (peak RSS): nothing was materialised"]

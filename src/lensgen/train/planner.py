@@ -398,6 +398,7 @@ class Plan:
     text_mode: str
     text_tokens: int
     text_cost: TextEncoderCost
+    text_layers: int  # LM layers the transformer reads (what precomputed features would store)
     steps: list[StepPlan] = field(default_factory=list)
     largest: dict[tuple[int, bool], StepPlan | None] = field(default_factory=dict)
     counted_flops_per_sample: dict[int, int] = field(default_factory=dict)  # FlopCounterMode, per resolution
@@ -423,7 +424,8 @@ def make_plan(config: TrainConfig, world_size: int, gpu_mem_gib: float, resoluti
         raise UserError(f"batches: two increasing batch sizes, got {batches}")
     planner = Planner(config, world_size, text_tokens, text_encoder)
     capacity = int(gpu_mem_gib * GIB)
-    plan = Plan(config_path, world_size, gpu_mem_gib, text_encoder, planner.text_tokens, planner.text_cost)
+    plan = Plan(config_path, world_size, gpu_mem_gib, text_encoder, planner.text_tokens, planner.text_cost,
+                planner.model_config.num_text_layers)
     for resolution in resolutions or list(config.data.bases):
         if count_flops:
             plan.counted_flops_per_sample[resolution] = planner.count_flops(resolution, 1)
