@@ -72,6 +72,19 @@ def test_planner_matches_the_real_peak_of_the_same_step_within_10_percent(two_ra
     assert plans[True].memory.activations < plans[False].memory.activations  # checkpointing saves memory
 
 
+def test_largest_batch_from_two_steps():
+    from lensgen.train.planner import Memory, StepPlan, largest_batch
+
+    def step(batch, activations, text_encoder=3 * GIB):  # 1 GiB resident encoder, 2 GiB gathered while encoding
+        return StepPlan(1024, batch, True, Memory(parameters=GIB, optimizer=2 * GIB, activations=activations,
+                                                  text_encoder=text_encoder), 0, text_resident=GIB)
+
+    # the line through the steps' own peaks (4 + 2b GiB), not through the encoder's transient
+    assert largest_batch(step(2, 4 * GIB), step(4, 8 * GIB), 40 * GIB) == 18
+    # not affine (more memory at the smaller batch): activations proportional to the larger step's batch
+    assert largest_batch(step(4, 12 * GIB), step(8, 8 * GIB), 40 * GIB) == 36
+
+
 def test_plan_command_lists_the_planners_text_encoder_modes():
     from lensgen.train import plan_cli, planner
 

@@ -409,8 +409,10 @@ def largest_batch(small: StepPlan, large: StepPlan, capacity: int) -> int:
     """The step's memory is affine in the batch size at a fixed resolution: the largest batch under
     `capacity` on the line through two simulated steps (to be confirmed by simulating it)."""
     slope = (large.step_peak - small.step_peak) / (large.batch - small.batch)
-    if slope <= 0:
-        return large.batch
+    if slope <= 0:  # not affine (seen once at lens-3.8b scale, batches 4 and 8 with checkpointing): assume the
+        # activations of the larger step are proportional to its batch and the rest is fixed
+        per_sample = large.memory.activations / large.batch
+        return max(0, math.floor((capacity - large.step_peak + large.memory.activations) / per_sample))
     return max(0, small.batch + math.floor((capacity - small.step_peak) / slope))
 
 
