@@ -78,7 +78,8 @@ def format_plan(plan) -> str:
               f"sharded {te.resident('sharded', w) / GIB:.1f} GiB (+{te.transient('sharded') / GIB:.1f} GiB gathered "
               f"while encoding); node-sharded {te.resident('node-sharded', w) / GIB:.1f} GiB (same +); replicated {te.resident('replicated', w) / GIB:.1f} GiB; precomputed 0 GiB "
               f"(+{te.features_bytes_per_sample(plan.text_tokens, plan.text_layers) / 1e6:.1f} MB of features per sample on disk)",
-              f"  encoding one prompt: {te.forward_flops(plan.text_tokens) / 1e12:.2f} TFLOP "
+              f"  encoding {plan.text_tokens} tokens (plus the chat template's): "
+              f"{te.forward_flops(plan.text_tokens) / 1e12:.2f} TFLOP "
               f"({te.params / 1e9:.2f}B parameters, {te.active_params_per_token / 1e9:.2f}B active per token)",
               f"planning used {plan.host_rss_gib:.2f} GiB of host memory (peak RSS): nothing was materialised"]
     return "\n".join(lines)
