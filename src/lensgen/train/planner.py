@@ -423,7 +423,7 @@ def make_plan(config: TrainConfig, world_size: int, gpu_mem_gib: float, resoluti
     """Simulate `batches` at each resolution, with and without activation checkpointing; fit a line through
     the two peaks, and confirm the largest batch it predicts with one more simulated step."""
     if len(batches) != 2 or not 0 < batches[0] < batches[1]:
-        raise UserError(f"batches: two increasing batch sizes, got {batches}")
+        raise UserError(f"--batches: two increasing batch sizes per GPU (e.g. 1,2), got {batches}")
     planner = Planner(config, world_size, text_tokens, text_encoder)
     capacity = int(gpu_mem_gib * GIB)
     plan = Plan(config_path, world_size, gpu_mem_gib, text_encoder, planner.text_tokens, planner.text_cost,
