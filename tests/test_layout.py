@@ -14,7 +14,7 @@ ROOT = Path(lensgen.__file__).parent
 
 # Bottom to top. A stage may import the stages on lower lines (and those beside it on its own line), never above.
 LAYERS = [
-    ("__init__", "errors", "io", "config", "sizes", "images", "plots"),  # ground: used everywhere
+    ("__init__", "errors", "io", "config", "sizes", "images", "plots", "compute"),  # ground: used everywhere
     ("shapes",),  # the procedural world, its captions and its judge: no model code
     ("models",),  # transformer, text encoders, codecs
     ("flow",),  # noise schedules and the sampler

@@ -25,6 +25,7 @@ def test_lens_config_is_the_recipe():
     te = cfg.model.text_encoder
     assert te["backend"] == "gpt-oss" and te["layers"] == [5, 11, 17, 23] and te["prefix_tokens"] == 97
     assert cfg.model.codec["backend"] == "flux2-vae" and cfg.data.source == "stream" and cfg.system.fsdp is True
+    assert cfg.system.text_encoder_fsdp == "node"  # what `lensgen plan` says fits (docs/scaling.md)
 
 
 @pytest.mark.parametrize("text,field", [
@@ -38,6 +39,13 @@ def test_lens_config_is_the_recipe():
     ("system:\n  compile: maybe\n", "system.compile"),
     ("optim:\n  betas: [0.9]\n", "optim.betas"),
     ("optim:\n  steps: 1.5\n", "optim.steps"),
+    ("system:\n  peak_tflops: fast\n", "system.peak_tflops"),
+    ("system:\n  text_encoder_fsdp: yes-please\n", "system.text_encoder_fsdp"),
+    # a sharded text encoder's forwards are collectives: what would make ranks skip one or run one alone
+    ("system:\n  text_encoder_fsdp: node\n  prefetch: false\nlog:\n  val_images_every: 0\ndata:\n  text_cache: ''\n",
+     "data.text_cache"),
+    ("system:\n  text_encoder_fsdp: node\n  prefetch: false\n", "log.val_images_every"),
+    ("system:\n  text_encoder_fsdp: all\nlog:\n  val_images_every: 0\n", "system.prefetch"),
 ])
 def test_bad_fields_are_named(tmp_path, text, field):
     path = tmp_path / "c.yaml"

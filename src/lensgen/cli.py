@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "lensgen.serve.cli",
     "lensgen.demo",
     "lensgen.train.cli",
+    "lensgen.train.plan_cli",
     "lensgen.data.cli",
     "lensgen.eval.cli",
     "lensgen.rl.cli",

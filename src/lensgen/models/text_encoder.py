@@ -115,6 +115,9 @@ class TextEncoder(FrozenModule):
     hidden_size: int
     num_layers: int
     max_length: int
+    # Set when the weights are sharded across ranks (FSDP2): every forward is then a collective that all
+    # ranks must join, so a batch of only empty prompts still runs one (discarded) forward.
+    collective: bool = False
 
     def _encode_batch(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Non-empty prompts -> features (n, S, L, D), mask (n, S) bool."""
@@ -131,6 +134,8 @@ class TextEncoder(FrozenModule):
         if keep:
             feats, mask = self._encode_batch([prompts[i] for i in keep])
             length = feats.shape[1]
+        elif self.collective:
+            self._encode_batch(["."])
         out = torch.zeros(len(prompts), length, self.num_layers, self.hidden_size, device=self.device,
                           dtype=self.dtype)
         out_mask = torch.zeros(len(prompts), length, dtype=torch.bool, device=self.device)

@@ -74,6 +74,12 @@ class SystemConfig:
     fsdp: bool | str = "auto"  # auto (when launched with torchrun and world > 1) | true | false
     threads: int | None = None  # CPU threads per process
     prefetch: bool | str = "auto"  # prepare the next batch in a background thread: auto (on CUDA) | true | false
+    # a device's peak dense bf16 TFLOP/s (a number, or a100 | h100 | h800 | h200): logs MFU beside the model
+    # FLOPs of each step (lensgen.compute); None logs FLOPs and TFLOP/s per GPU only
+    peak_tflops: float | str | None = None
+    # shard the frozen text encoder with FSDP2 (bf16 on GPUs): false (a full copy per rank) | node (within
+    # each node, replicated across nodes) | all (across every rank); see docs/scaling.md
+    text_encoder_fsdp: bool | str = False
 
 
 @dataclass
@@ -129,11 +135,35 @@ class TrainConfig(Validated):
             (self.system.precision in ("auto", "fp32", "bf16"), "system.precision", "auto, fp32 or bf16"),
             (self.system.fsdp in ("auto", True, False), "system.fsdp", "auto, true or false"),
             (self.system.prefetch in ("auto", True, False), "system.prefetch", "auto, true or false"),
+            (self.system.text_encoder_fsdp in (False, "node", "all"), "system.text_encoder_fsdp",
+             "false, node or all"),
+            # a sharded encoder's forward is a collective: no rank may skip one, nor run one alone
+            (not self.system.text_encoder_fsdp or self.data.text_cache is None, "data.text_cache",
+             "null with system.text_encoder_fsdp (cache hits differ between ranks)"),
+            (not self.system.text_encoder_fsdp or self.log.val_images_every == 0, "log.val_images_every",
+             "0 with system.text_encoder_fsdp (validation images are sampled on rank 0 alone)"),
+            (not self.system.text_encoder_fsdp or self.system.prefetch is False, "system.prefetch",
+             "false with system.text_encoder_fsdp (its collectives must keep the main thread's order)"),
+            (_valid_peak(self.system.peak_tflops), "system.peak_tflops",
+             "a positive TFLOP/s number or a device name (a100, h100, h800, h200)"),
             (self.checkpoint.every > 0, "checkpoint.every", "a positive integer"),
             (self.checkpoint.keep > 0, "checkpoint.keep", "a positive integer"),
             (self.checkpoint.export_storage in ("fp32", "bf16", "int8"), "checkpoint.export_storage",
              "fp32, bf16 or int8"),
         ]
+
+
+def _valid_peak(value) -> bool:
+    from lensgen.compute import device_peak_tflops
+    from lensgen.errors import UserError
+
+    if value is None:
+        return True
+    try:
+        device_peak_tflops(value)
+    except UserError:
+        return False
+    return True
 
 
 def load_config(path: str | Path, overrides: Iterable[Override] = ()) -> TrainConfig:

@@ -79,14 +79,16 @@ def apply_compile(model: nn.Module) -> None:
         block.compile()
 
 
-def apply_fsdp(model: nn.Module, param_dtype: torch.dtype | None = None) -> nn.Module:
-    """FSDP2: shard each block, then the root (embeddings, final layer)."""
+def apply_fsdp(model: nn.Module, param_dtype: torch.dtype | None = None, mesh=None) -> nn.Module:
+    """FSDP2: shard each block, then the root (embeddings, final layer). Parameters stay fp32 (the master
+    weights the optimiser updates); `param_dtype` (bf16 on GPUs) is what each gathered block computes in;
+    gradients are reduced in fp32. `mesh`: the device mesh (default: all ranks of the process group)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for block in model.transformer_blocks:
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+        fully_shard(block, mp_policy=policy, mesh=mesh)
+    fully_shard(model, mp_policy=policy, mesh=mesh)
     return model
 
 
@@ -101,3 +103,26 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor of a (possibly FSDP-sharded) parameter; a collective when sharded."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def node_mesh(info: DistInfo, scope: str = "node"):
+    """The mesh to shard a frozen model over: all ranks ("all"), or each node's ranks, replicated across
+    nodes ("node": HSDP, so its all-gathers stay on the node's NVLink)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
+    if scope == "all" or local >= info.world_size or info.world_size % local:
+        return init_device_mesh(info.device.type, (info.world_size,))
+    return init_device_mesh(info.device.type, (info.world_size // local, local), mesh_dim_names=("replicate", "shard"))
+
+
+def shard_frozen(model: nn.Module, blocks: nn.ModuleList, mesh, param_dtype: torch.dtype | None = None) -> nn.Module:
+    """FSDP2 for a frozen model (the text encoder): each block, then the root. It never trains, so nothing is
+    reduced; each forward gathers one block at a time, and the shards move to the mesh's device."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype)
+    for block in blocks:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return model

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lensgen.compute import StepShape, mfu, training_flops
 from lensgen.data.buckets import BucketTable
 from lensgen.data.sources import BatchSource, build_batch_source, pick_caption
 from lensgen.errors import UserError
@@ -29,6 +30,7 @@ from lensgen.train import checkpoint as ckpt
 from lensgen.train.batch import TokenBatch, collate
 from lensgen.train.config import ModelConfig, OptimConfig, SystemConfig, TrainConfig, config_to_dict
 from lensgen.train.ema import EMA
+from lensgen.train.materialize import init_shards, load_shards, meta_transformer, pretrained_config
 from lensgen.train.objective import SigmaSampling, masked_mse, noisy_input
 from lensgen.train.parallel import (
     DistInfo,
@@ -38,6 +40,8 @@ from lensgen.train.parallel import (
     apply_fsdp,
     full_tensor,
     init_distributed,
+    node_mesh,
+    shard_frozen,
 )
 from lensgen.train.prefetch import Prefetcher
 from lensgen.train.text_cache import text_features
@@ -85,15 +89,47 @@ def build_transformer(model: ModelConfig) -> LensTransformer2DModel:
     return LensTransformer2DModel(transformer_config(model))
 
 
-def parallelize(model: LensTransformer2DModel, system: SystemConfig, info: DistInfo, bf16: bool) -> bool:
+def fsdp_enabled(system: SystemConfig, info: DistInfo) -> bool:
+    return system.fsdp is True or (system.fsdp == "auto" and info.distributed)
+
+
+def build_sharded_transformer(model: ModelConfig, system: SystemConfig, info: DistInfo,
+                              bf16: bool) -> LensTransformer2DModel:
+    """The transformer built on the meta device, parallelised (FSDP2 shards), then its shards allocated on
+    this rank's device and filled: initialised exactly as `build_transformer` would with the same RNG
+    state, or loaded from `init_from`. No rank holds a full copy (see lensgen.train.materialize)."""
+    folder = Path(model.init_from) / "transformer" if model.init_from else None
+    net = meta_transformer(pretrained_config(folder) if folder else transformer_config(model))
+    parallelize(net, system, info, bf16)
+    net.to_empty(device=info.device)
+    if folder:
+        load_shards(net, folder)
+    else:
+        init_shards(net)
+    return net
+
+
+def shard_text_encoder(encoder, mesh) -> None:
+    """FSDP2 over the frozen LM's decoder blocks (BERT's encoder layers for MiniLM), then the whole; every
+    forward becomes a collective, so the encoder runs one even for a batch of only empty prompts."""
+    lm = encoder.model
+    blocks = lm.layers if hasattr(lm, "layers") else lm.encoder.layer
+    shard_frozen(lm, blocks, mesh)
+    # FSDP2 keeps the root's parameters gathered after a forward (training would need them for backward);
+    # here no backward follows, so give them back (GPT-OSS's embeddings alone are 1.2 GB)
+    lm.register_forward_hook(lambda module, args, output: module.reshard())
+    encoder.collective = True
+
+
+def parallelize(model: LensTransformer2DModel, system: SystemConfig, info: DistInfo, bf16: bool, mesh=None) -> bool:
     """Activation checkpointing, per-block compile and FSDP2, applied in place. Returns whether FSDP shards it."""
-    use_fsdp = system.fsdp is True or (system.fsdp == "auto" and info.distributed)
+    use_fsdp = fsdp_enabled(system, info)
     if system.activation_checkpointing:
         apply_activation_checkpointing(model)
     if system.compile:
         apply_compile(model)
     if use_fsdp:
-        apply_fsdp(model, torch.bfloat16 if bf16 else None)
+        apply_fsdp(model, torch.bfloat16 if bf16 else None, mesh)
     return use_fsdp
 
 
@@ -126,11 +162,20 @@ class Trainer:
         torch.manual_seed(config.optim.seed)
 
         frozen_dtype = torch.bfloat16 if self.bf16 else torch.float32
-        self.text_encoder = build_text_encoder(config.model.text_encoder, device=self.device, dtype=frozen_dtype)
+        use_fsdp = fsdp_enabled(config.system, self.info)
+        self.text_encoder_sharded = bool(config.system.text_encoder_fsdp) and use_fsdp
+        if self.text_encoder_sharded:  # read on the host, then only this rank's shards go to its device
+            self.text_encoder = build_text_encoder(config.model.text_encoder, dtype=frozen_dtype)
+            shard_text_encoder(self.text_encoder, node_mesh(self.info, config.system.text_encoder_fsdp))
+        else:
+            self.text_encoder = build_text_encoder(config.model.text_encoder, device=self.device, dtype=frozen_dtype)
         self.text = text_features(self.text_encoder, config.data.text_cache)
         self.codec = build_codec(config.model.codec, device=self.device)
-        self.model = build_transformer(config.model).to(self.device).train()
-        use_fsdp = parallelize(self.model, config.system, self.info, self.bf16)
+        if use_fsdp:  # meta -> shard -> fill: the full fp32 model never exists on any rank
+            self.model = build_sharded_transformer(config.model, config.system, self.info, self.bf16).train()
+        else:
+            self.model = build_transformer(config.model).to(self.device).train()
+            parallelize(self.model, config.system, self.info, self.bf16)
         self.ema = EMA(self.model, config.optim.ema_decay)  # after FSDP: each rank averages its own shards
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
                          if self.bf16 and not use_fsdp else nullcontext())
@@ -229,13 +274,14 @@ class Trainer:
         o = self.cfg.optim
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, o)
-        total, images, waste = 0.0, 0, []
+        total, images, waste, flops = 0.0, 0, [], 0
         for micro in range(o.grad_accum):
             gen = torch.Generator().manual_seed(hash(self._draw_key(self.step, micro)) & 0x7FFF_FFFF_FFFF)
             prepared = self.prefetcher.get((self.step, micro))
             batch, text, keys = prepared.batch, prepared.text, prepared.keys
             self.sampler_state = prepared.sampler_state
             waste.append(self.source.padding_waste(keys))
+            flops += training_flops(self.model.config, StepShape(len(keys), batch.tokens.shape[1], text.length))
             tokens_per_sample = torch.tensor([h * w for h, w in batch.sizes])
             sigma = self.sigmas.sample(tokens_per_sample, gen)
             noise = torch.randn(batch.tokens.shape, generator=gen)
@@ -254,7 +300,9 @@ class Trainer:
         self.step += 1
         self.ema.update(self.model, self.step)
         loss_mean = all_reduce_mean(torch.tensor(total, device=self.device), self.info).item()
-        return {"loss": loss_mean, "grad_norm": float(full_tensor(grad_norm)), "lr": lr_at(self.step - 1, o),
+        flops_all = all_reduce_mean(torch.tensor(float(flops), device=self.device, dtype=torch.float64),
+                                    self.info).item() * self.info.world_size
+        return {"loss": loss_mean, "tflop": flops_all / 1e12, "grad_norm": float(full_tensor(grad_norm)), "lr": lr_at(self.step - 1, o),
                 "images": images * self.info.world_size, "padding_waste": sum(waste) / len(waste)}
 
     @torch.no_grad()
@@ -282,6 +330,10 @@ class Trainer:
             last = self.train_step()
             last.update(step=self.step, seconds=time.perf_counter() - t0)
             last["images_per_s"] = last["images"] / last["seconds"]
+            last["tflops_per_gpu"] = last["tflop"] / last["seconds"] / self.info.world_size
+            if self.cfg.system.peak_tflops is not None:  # model FLOPs utilisation against the card's peak
+                last["mfu"] = mfu(last["tflop"] * 1e12, last["seconds"], self.cfg.system.peak_tflops,
+                                  self.info.world_size)
             if cfg.log.val_every and (self.step % cfg.log.val_every == 0 or self.step == o.steps):
                 last.update(self.validation_losses())
             if self.info.is_main:
@@ -355,11 +407,14 @@ class Trainer:
         model = self.ema_model()
         if model is None:
             return None
-        pipe = LensPipeline(model, self.codec.cpu(), self.text_encoder.cpu(), self.pipeline_defaults(),
+        # a sharded encoder stays where its shards are: the folder only records its config
+        text_encoder = self.text_encoder if self.text_encoder_sharded else self.text_encoder.cpu()
+        pipe = LensPipeline(model, self.codec.cpu(), text_encoder, self.pipeline_defaults(),
                             name=f"{self.cfg.model.preset} step {self.step}")
         pipe.save_pretrained(directory, storage=self.cfg.checkpoint.export_storage)
         self.codec.to(self.device)
-        self.text_encoder.to(self.device)
+        if not self.text_encoder_sharded:
+            self.text_encoder.to(self.device)
         return directory
 
     def log_images(self) -> None:
