@@ -46,8 +46,8 @@ from lensgen.models.vae import LatentCodec
 from lensgen.train import checkpoint as ckpt
 from lensgen.train.batch import collate
 from lensgen.train.ema import EMA
-from lensgen.train.parallel import DistInfo, apply_fsdp, full_tensor, init_distributed
-from lensgen.train.trainer import parallelize
+from lensgen.train.parallel import apply_fsdp, full_tensor
+from lensgen.train.trainer import parallelize, start_run, tensorboard_writer
 
 
 class DistillModels(nn.Module):
@@ -79,15 +79,10 @@ class TurboTrainer:
 
     def __init__(self, config: DistillConfig, resume: bool = False, progress: bool = True):
         self.cfg = config
-        self.info: DistInfo = init_distributed(config.system.device)
-        if config.system.threads:
-            torch.set_num_threads(config.system.threads)
-        self.out = Path(config.out_dir)
-        self.progress = progress and self.info.is_main
+        self.info, self.out, self.progress, self.bf16 = start_run(config.system, config.out_dir, config.optim.seed,
+                                                                  progress)
         self.device = self.info.device
         cuda = self.device.type == "cuda"
-        self.bf16 = config.system.precision == "bf16" or (config.system.precision == "auto" and cuda)
-        torch.manual_seed(config.optim.seed)
 
         teacher_dir = Path(config.model.teacher)
         index = read_model_index(teacher_dir)
@@ -131,7 +126,7 @@ class TurboTrainer:
         if resume:
             self._resume()
         self.batches = iter(self.source)
-        self.writer = self._tensorboard()
+        self.writer = tensorboard_writer(self.out, self.info, config.log.tensorboard)
 
     @property
     def student(self) -> LensTransformer2DModel:
@@ -151,13 +146,6 @@ class TurboTrainer:
         if self.info.is_main:
             print(f"resumed from {latest} at step {self.step}")
             ckpt.truncate_metrics(self.out / "metrics.jsonl", self.step)
-
-    def _tensorboard(self):
-        if not (self.info.is_main and self.cfg.log.tensorboard):
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(self.out / "tensorboard"))
 
     # ---- pieces of a step ---------------------------------------------------------------------------
 

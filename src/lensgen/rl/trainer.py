@@ -38,9 +38,9 @@ from lensgen.rl.report import reward_plot_png
 from lensgen.rl.rewards import AsyncRewards, RewardResult, build_reward, reward_stats
 from lensgen.train import checkpoint as ckpt
 from lensgen.train.ema import EMA
-from lensgen.train.parallel import DistInfo, apply_fsdp, full_tensor, init_distributed
+from lensgen.train.parallel import DistInfo, apply_fsdp, full_tensor
 from lensgen.train.text_cache import CachedTextEncoder
-from lensgen.train.trainer import build_optimizer, parallelize
+from lensgen.train.trainer import build_optimizer, parallelize, start_run, tensorboard_writer
 
 
 @dataclass
@@ -60,15 +60,10 @@ class NFTTrainer:
 
     def __init__(self, config: RLConfig, resume: bool = False, progress: bool = True):
         self.cfg = config
-        self.info: DistInfo = init_distributed(config.system.device)
-        if config.system.threads:
-            torch.set_num_threads(config.system.threads)
-        self.out = Path(config.out_dir)
-        self.progress = progress and self.info.is_main
+        self.info, self.out, self.progress, self.bf16 = start_run(config.system, config.out_dir, config.optim.seed,
+                                                                  progress)
         self.device = self.info.device
         cuda = self.device.type == "cuda"
-        self.bf16 = config.system.precision == "bf16" or (config.system.precision == "auto" and cuda)
-        torch.manual_seed(config.optim.seed)
 
         init = Path(config.model.init_from)
         index = read_model_index(init)
@@ -101,7 +96,7 @@ class NFTTrainer:
         self.ckpt_root = self.out / "checkpoints"
         if resume:
             self._resume()
-        self.writer = self._tensorboard()
+        self.writer = tensorboard_writer(self.out, self.info, config.log.tensorboard)
 
     # ---- building ---------------------------------------------------------------------------------
 
@@ -121,13 +116,6 @@ class NFTTrainer:
         if self.info.is_main:
             print(f"resumed from {latest} at step {self.step}")
             ckpt.truncate_metrics(self.out / "metrics.jsonl", self.step)
-
-    def _tensorboard(self):
-        if not (self.info.is_main and self.cfg.log.tensorboard):
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(self.out / "tensorboard"))
 
     # ---- one step: collect ------------------------------------------------------------------------
 

@@ -82,6 +82,28 @@ def transformer_config(model: ModelConfig) -> LensTransformerConfig:
         raise UserError(f"config field model.overrides: {err}") from None
 
 
+def start_run(system: SystemConfig, out_dir: str, seed: int, progress: bool) -> tuple[DistInfo, Path, bool, bool]:
+    """What every trainer (pretraining, RL, distillation) does first: join the process group (if torchrun
+    started one), set the CPU threads and the seed, pick the precision. Returns (the rank's DistInfo, the
+    output folder, whether this rank shows progress, bf16: on CUDA unless the config says fp32)."""
+    info = init_distributed(system.device)
+    if system.threads:
+        torch.set_num_threads(system.threads)
+    cuda = info.device.type == "cuda"
+    bf16 = system.precision == "bf16" or (system.precision == "auto" and cuda)
+    torch.manual_seed(seed)
+    return info, Path(out_dir), progress and info.is_main, bf16
+
+
+def tensorboard_writer(out: Path, info: DistInfo, enabled: bool):
+    """OUT/tensorboard on rank 0 when enabled, else None."""
+    if not (info.is_main and enabled):
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(out / "tensorboard"))
+
+
 def build_transformer(model: ModelConfig) -> LensTransformer2DModel:
     """The transformer to train: the preset with its overrides, or a pipeline folder's weights (init_from)."""
     if model.init_from:
@@ -151,15 +173,10 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True):
         self.cfg = config
-        self.info: DistInfo = init_distributed(config.system.device)
-        if config.system.threads:
-            torch.set_num_threads(config.system.threads)
-        self.out = Path(config.out_dir)
-        self.progress = progress and self.info.is_main
+        self.info, self.out, self.progress, self.bf16 = start_run(config.system, config.out_dir, config.optim.seed,
+                                                                  progress)
         self.device = self.info.device
         cuda = self.device.type == "cuda"
-        self.bf16 = config.system.precision == "bf16" or (config.system.precision == "auto" and cuda)
-        torch.manual_seed(config.optim.seed)
 
         frozen_dtype = torch.bfloat16 if self.bf16 else torch.float32
         use_fsdp = fsdp_enabled(config.system, self.info)
@@ -193,7 +210,7 @@ class Trainer:
         prefetch = config.system.prefetch is True or (config.system.prefetch == "auto" and cuda)
         self.prefetcher = Prefetcher(self._prepare, self._next_key, enabled=prefetch)
         self.val_batch = self._validation_batch() if config.log.val_every else None
-        self.writer = self._tensorboard()
+        self.writer = tensorboard_writer(self.out, self.info, config.log.tensorboard)
 
     def _resume(self) -> None:
         """Continue from the latest checkpoint, if there is one: weights, optimiser, EMA, step, data position."""
@@ -206,13 +223,6 @@ class Trainer:
         if self.info.is_main:
             print(f"resumed from {latest} at step {self.step}")
             ckpt.truncate_metrics(self.out / "metrics.jsonl", self.step)
-
-    def _tensorboard(self):
-        if not (self.info.is_main and self.cfg.log.tensorboard):
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(self.out / "tensorboard"))
 
     # ---- batches -----------------------------------------------------------------------------
 
