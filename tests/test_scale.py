@@ -97,7 +97,7 @@ def test_plan_command_simulates_a_large_model_without_allocating_it(tmp_path):
     GiB while the planning process stays small."""
     out = tmp_path / "plan.json"
     cmd = [sys.executable, "-m", "lensgen.cli", "plan", "--config", "configs/lens-3.8b.yaml", "--gpus", "8",
-           "--gpu-mem", "80", "--resolutions", "1024", "--batches", "2,4", "--checkpointing", "off",
+           "--gpu-mem", "80", "--resolutions", "1024", "--batches", "4,8", "--checkpointing", "off",
            "--set", "model.overrides={num_layers: 1}", "--no-flop-count", "--json", str(out), "-q"]
     root = Path(__file__).parent.parent
     done = subprocess.run(cmd, env=ENV, cwd=root, capture_output=True, text=True, timeout=900)
