@@ -14,6 +14,24 @@ GOOD = ("A small red wooden boat floats in the middle of a calm blue lake at daw
         "fade into the pale pink sky behind them, painted in a gentle watercolour style.")
 
 
+
+class JSONHandler(BaseHTTPRequestHandler):
+    """A quiet request handler with one way to answer JSON (the local test servers share it)."""
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, body, headers=None):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+
 class ChatServer:
 
     def __init__(self):
@@ -22,20 +40,7 @@ class ChatServer:
         self.lock = threading.Lock()
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def reply(self, status, body, headers=None):
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JSONHandler):
             def do_POST(self):
                 try:
                     outer.handle(self)

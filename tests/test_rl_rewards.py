@@ -9,11 +9,12 @@ import math
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import torch
+from chat_server import JSONHandler
 from PIL import Image
 
 from lensgen.data.caption.client import TransientError
@@ -153,20 +154,7 @@ class JudgeServer:
         self.problems: list[str] = []  # what the server found wrong in a request (the tests want none)
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def reply(self, status, body, headers=None):
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JSONHandler):
             def do_POST(self):
                 with outer.lock:
                     outer.inflight += 1

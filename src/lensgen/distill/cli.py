@@ -19,16 +19,9 @@ OUT/checkpoints (resumable with --resume) and OUT/final, a pipeline folder whose
 def cmd_distill(args: argparse.Namespace) -> int:
     from lensgen.distill.config import load_distill_config
     from lensgen.distill.turbo import TurboTrainer
-    from lensgen.train.parallel import shutdown_distributed
+    from lensgen.train.cli import config_overrides, run_trainer
 
-    shortcuts = {"out_dir": args.out_dir, "optim.steps": args.steps}
-    config = load_distill_config(args.config, [*args.set, *((k, v) for k, v in shortcuts.items() if v is not None)])
-    try:
-        summary = TurboTrainer(config, resume=args.resume, progress=not args.quiet).run()
-    except BaseException:
-        shutdown_distributed(clean=False)
-        raise
-    shutdown_distributed()
+    summary = run_trainer(TurboTrainer, load_distill_config(args.config, config_overrides(args)), args)
     if summary.get("export"):
         print(f"{summary['steps']} distillation steps ({summary['steps_per_hour']:.1f} per hour); "
               f"model: {summary['export']}")

@@ -19,16 +19,9 @@ with --resume) and OUT/final, a pipeline folder that samples CFG-free."""
 def cmd_rl(args: argparse.Namespace) -> int:
     from lensgen.rl.config import load_rl_config
     from lensgen.rl.trainer import NFTTrainer
-    from lensgen.train.parallel import shutdown_distributed
+    from lensgen.train.cli import config_overrides, run_trainer
 
-    shortcuts = {"out_dir": args.out_dir, "optim.steps": args.steps}
-    config = load_rl_config(args.config, [*args.set, *((k, v) for k, v in shortcuts.items() if v is not None)])
-    try:
-        summary = NFTTrainer(config, resume=args.resume, progress=not args.quiet).run()
-    except BaseException:
-        shutdown_distributed(clean=False)
-        raise
-    shutdown_distributed()
+    summary = run_trainer(NFTTrainer, load_rl_config(args.config, config_overrides(args)), args)
     if summary.get("export"):
         print(f"{summary['steps']} RL steps ({summary['steps_per_hour']:.1f} per hour); final reward "
               f"{summary['final'].get('reward_mean', float('nan')):.3f}; model: {summary['export']}")

@@ -7,19 +7,31 @@ import argparse
 from lensgen.config import add_config_arguments
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from lensgen.train.config import load_config
-    from lensgen.train.parallel import shutdown_distributed
-    from lensgen.train.trainer import Trainer
+def config_overrides(args: argparse.Namespace, steps_field: str = "optim.steps") -> list:
+    """The --set overrides, then the --out-dir and --steps shortcuts the training commands share."""
+    shortcuts = {"out_dir": args.out_dir, steps_field: args.steps}
+    return [*args.set, *((k, v) for k, v in shortcuts.items() if v is not None)]
 
-    shortcuts = {"out_dir": args.out_dir, "optim.steps": args.steps}
-    config = load_config(args.config, [*args.set, *((k, v) for k, v in shortcuts.items() if v is not None)])
+
+def run_trainer(trainer_class, config, args: argparse.Namespace) -> dict:
+    """Build and run a trainer (pretraining, RL, distillation), leaving the process group either way: cleanly
+    after the run, at once on an error (so the other ranks stop too)."""
+    from lensgen.train.parallel import shutdown_distributed
+
     try:
-        summary = Trainer(config, resume=args.resume, progress=not args.quiet).run()
+        summary = trainer_class(config, resume=args.resume, progress=not args.quiet).run()
     except BaseException:
         shutdown_distributed(clean=False)
         raise
     shutdown_distributed()
+    return summary
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lensgen.train.config import load_config
+    from lensgen.train.trainer import Trainer
+
+    summary = run_trainer(Trainer, load_config(args.config, config_overrides(args)), args)
     if summary.get("export"):
         print(f"trained {summary['steps']} steps in {summary['wall_s']:.0f} s "
               f"({summary['images_per_s']:.1f} images/s); EMA pipeline: {summary['export']}")
@@ -30,9 +42,7 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
     from lensgen.config import load_config
     from lensgen.train.shapes_vae import VAETrainConfig, run
 
-    shortcuts = {"out_dir": args.out_dir, "steps": args.steps}
-    config = load_config(VAETrainConfig, args.config,
-                         [*args.set, *((k, v) for k, v in shortcuts.items() if v is not None)])
+    config = load_config(VAETrainConfig, args.config, config_overrides(args, "steps"))
     summary = run(config, resume=args.resume, progress=not args.quiet)
     rec = summary["reconstruction"]
     print(f"trained {summary['steps']} steps ({summary['images_per_s']:.1f} images/s); reconstruction of "
