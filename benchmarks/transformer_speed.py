@@ -1,6 +1,6 @@
 """Speed of our Lens transformer against diffusers' Flux2Transformer2DModel at the same width, depth and
 token counts, measured in the same run. Prints a table and the ratios (diffusers time / ours: > 1 = we
-are faster).
+are faster), outright and per parameter.
 
     python benchmarks/transformer_speed.py                       # CPU, shapes-tiny, fp32
     python benchmarks/transformer_speed.py --sweep               # CPU: candidate tiny presets, images/s
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import time
 
 import torch
@@ -138,24 +139,38 @@ def attention_context(backend: str | None):
 
 
 def compare(cfg, args, device, dtype) -> dict:
-    """Train-step and sampling-call times of ours vs diffusers' Flux2 at the same shape."""
-    rows = {}
-    for name, builder in (("lensgen", build_ours), ("diffusers-flux2", build_diffusers)):
+    """Train-step and sampling-call times of ours vs diffusers' Flux2 at the same shape. The two are timed
+    in alternation (`--rounds` rounds, median of each), so drift in the machine's speed hits both alike."""
+    names = ("lensgen", "diffusers-flux2")
+    train_fns, infer_fns, params = {}, {}, {}
+    for name, builder in zip(names, (build_ours, build_diffusers)):
         torch.manual_seed(0)
         model = builder(cfg, device, dtype)
         if args.compile:
             compile_blocks(model)
-        ours_call, their_call = make_calls(cfg, args.batch, args.image_tokens, args.text_tokens, device, dtype)
-        call = ours_call if name == "lensgen" else their_call
-        train = timed(train_step_fn(model, call, device), device, args.warmup, args.iters)
-        infer_call = make_calls(cfg, args.infer_batch, args.image_tokens, args.text_tokens, device, dtype)
-        infer = timed(infer_fn(model, infer_call[0] if name == "lensgen" else infer_call[1]), device,
-                      args.warmup, args.iters)
-        rows[name] = {"params_M": sum(p.numel() for p in model.parameters()) / 1e6, "train_step_s": train,
-                      "train_img_per_s": args.batch / train, "sample_call_s": infer}
-        del model
+        pick = 0 if name == "lensgen" else 1
+        train_call = make_calls(cfg, args.batch, args.image_tokens, args.text_tokens, device, dtype)[pick]
+        infer_call = make_calls(cfg, args.infer_batch, args.image_tokens, args.text_tokens, device, dtype)[pick]
+        train_fns[name] = train_step_fn(model, train_call, device)
+        infer_fns[name] = infer_fn(model, infer_call)
+        params[name] = sum(p.numel() for p in model.parameters()) / 1e6
+    times: dict = {name: {"train": [], "infer": []} for name in names}
+    for _ in range(args.rounds):
+        for name in names:
+            times[name]["train"].append(timed(train_fns[name], device, args.warmup, args.iters))
+            times[name]["infer"].append(timed(infer_fns[name], device, args.warmup, args.iters))
+    rows: dict = {}
+    for name in names:
+        train, infer = statistics.median(times[name]["train"]), statistics.median(times[name]["infer"])
+        rows[name] = {"params_M": params[name], "train_step_s": train, "train_img_per_s": args.batch / train,
+                      "sample_call_s": infer, "train_step_s_rounds": times[name]["train"]}
     rows["ratio_train"] = rows["diffusers-flux2"]["train_step_s"] / rows["lensgen"]["train_step_s"]
     rows["ratio_sample"] = rows["diffusers-flux2"]["sample_call_s"] / rows["lensgen"]["sample_call_s"]
+    # Per parameter: parameters processed per second, ours over theirs (Lens's per-block modulation makes
+    # ours larger at equal width, depth and per-token FLOPs).
+    size = rows["lensgen"]["params_M"] / rows["diffusers-flux2"]["params_M"]
+    rows["ratio_train_per_param"] = rows["ratio_train"] * size
+    rows["ratio_sample_per_param"] = rows["ratio_sample"] * size
     return rows
 
 
@@ -215,6 +230,8 @@ def main() -> None:
     parser.add_argument("--text-tokens", type=int, default=None, help="default 32 CPU, 256 CUDA")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of ours and diffusers' "
+                                                               "(medians reported)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block")
     parser.add_argument("--attention", choices=["cudnn", "flash", "efficient", "math"], default=None)
     parser.add_argument("--sweep", action="store_true", help="CPU: images/s of candidate tiny presets")
@@ -249,6 +266,8 @@ def main() -> None:
                 print(f"{name:18s} {r['params_M']:9.1f} {r['train_step_s']:12.3f} {r['train_img_per_s']:8.1f} "
                       f"{r['sample_call_s'] * 1e3:14.2f}")
             print(f"ratio (diffusers / lensgen): train {cmp['ratio_train']:.2f}x, sample call {cmp['ratio_sample']:.2f}x")
+            print(f"per parameter: train {cmp['ratio_train_per_param']:.2f}x, "
+                  f"sample call {cmp['ratio_sample_per_param']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
