@@ -72,6 +72,25 @@ def test_every_term_trains_and_the_export_samples_with_the_turbo_preset(tmp_path
     assert image.size == (32, 32)
 
 
+def test_turbo_speed_benchmark_counts_passes_at_each_models_defaults(tmp_path, teacher):
+    """benchmarks/turbo_speed.py times teacher and student at their own defaults and counts the transformer
+    passes per image: the teacher's 6 CFG steps are 12 passes, the 2-step student's 2."""
+    export = TurboTrainer(config(tmp_path, teacher, "bench", 1), progress=False).run()["export"]
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "turbo_speed.py"
+    out = tmp_path / "speed.json"
+    proc = subprocess.run([sys.executable, str(script), "--teacher", str(teacher), "--student", str(export),
+                           "--images", "2", "--batch", "2", "--rounds", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert (result["teacher"]["steps"], result["teacher"]["cfg"]) == (6, 2.0)
+    assert (result["student"]["steps"], result["student"]["cfg"]) == (2, 1.0)
+    assert result["teacher"]["passes_per_image"] == 12 and result["student"]["passes_per_image"] == 2
+    assert result["target"] == 8.0
+    assert result["speedup"] == pytest.approx(result["student"]["images_per_s"] / result["teacher"]["images_per_s"])
+    assert "speed-up (student / teacher images/s)" in proc.stdout
+
+
 def test_switched_off_terms_are_not_computed(tmp_path, teacher):
     """Only DMD2 (equal weights, one range): no guidance or GAN terms run, and the discriminator stays put."""
     trainer = TurboTrainer(config(tmp_path, teacher, "dmd2", 1, "loss.isg_weight=0", "loss.gan_weight=0",

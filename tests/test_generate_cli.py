@@ -3,6 +3,7 @@ bounded batches written as they finish, prompt files, file modes."""
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from PIL import Image
 
 from lensgen import cli
 from lensgen.inference import generate
-from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, LensPipeline
+from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, LensPipeline, model_dir, shipped_models
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,8 @@ def test_quiet_generate_prints_no_loading_noise_and_files_follow_the_umask(tmp_p
     (["--device", "cuda"], "device 'cuda': CUDA is not available on this machine"),
     (["--device", "tpu9"], "unknown device 'tpu9'"),
     (["--model", "/nonexistent"], "model folder /nonexistent does not exist"),
+    (["--model", "shapes-huge"], "model folder shapes-huge does not exist (shipped models, usable by name: "
+                                 "shapes-tiny"),
 ])
 def test_bad_arguments_fail_before_the_model_loads(args, message, tmp_path, capsys, monkeypatch):
     def no_load(*a, **k):
@@ -199,3 +202,16 @@ def test_png_metadata_is_one_helper_for_every_writer():
     assert text(info) == {"prompt": "p", "negative_prompt": "", "seed": "1", "steps": "2", "cfg": "3.0",
                           "size": "96x48", "model": "m", "score": "0.5"}
     assert "steps" not in text(generate.png_metadata(prompt="p", seed=1, height=48, width=96, model="truth"))
+
+
+def test_a_shipped_model_is_found_by_name_from_any_directory(tmp_path, monkeypatch):
+    """`--model shapes-tiny` names the shipped folder; a folder of that name here would win."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "named.png"
+    assert cli.main(["generate", "a red circle", "--model", "shapes-tiny", "--steps", "1", "-o", str(out),
+                     "-q"]) == 0
+    with Image.open(out) as image:
+        assert image.size == (64, 64)
+    assert model_dir("shapes-tiny") == DEFAULT_MODEL_DIR and "shapes-tiny" in shipped_models()
+    (tmp_path / "shapes-tiny").mkdir()
+    assert model_dir("shapes-tiny") == Path("shapes-tiny")

@@ -70,6 +70,10 @@ def test_resume_replays_the_same_steps_and_exports_a_cfg_free_model(tmp_path, pr
     NFTTrainer(config(tmp_path, SHIPPED, prompts, "split", 3), resume=True, progress=False).run()
     a, b = lines(tmp_path / "straight"), lines(tmp_path / "split")
     assert [m["step"] for m in b] == [1, 2, 3]
+    # resuming a finished run trains nothing, re-exports, and reports the last logged step
+    again = NFTTrainer(config(tmp_path, SHIPPED, prompts, "split", 3), resume=True, progress=False).run()
+    assert again["steps_this_run"] == 0 and again["final"]["reward_mean"] == b[-1]["reward_mean"]
+    assert len(lines(tmp_path / "split")) == 3
     for key in ("reward_mean", "policy_loss", "kl", "grad_norm"):
         assert [m[key] for m in b] == pytest.approx([m[key] for m in a], rel=1e-5, abs=1e-7), key
     assert all(m["grad_norm"] > 0 for m in a) and a[1]["kl"] > 0 and a[0]["old_decay"] == pytest.approx(0.001)

@@ -75,6 +75,23 @@ def test_rubric_and_geneval_rewards_high_on_ground_truth_low_on_junk():
     assert failed["reason"] and failed["items"] == [] and failed["global"] is None
 
 
+def test_rubric_items_reward_is_the_item_mean_without_the_global_rule():
+    """The curriculum reward: the items' mean alone. A blue star where a red one is asked keeps its shape
+    item's full credit (the strict total gates it by the failed colour item); an extra object costs the
+    strict total (global rule), not the item mean; ground truth scores 1 under both."""
+    prompts = ["a photo of a red star", "a photo of a red star", "a photo of two blue squares"]
+    images = [ground_truth("a photo of a blue star"), ground_truth("a photo of a red star"),
+              ground_truth("a photo of two blue squares and a green heart")]  # the heart is extra
+    strict = ShapesRubricReward()(images, prompts, [None] * 3)
+    items = build_reward({"rubric_items": 1.0})(images, prompts, [None] * 3)
+    for i, detail in enumerate(strict.details):
+        mean = sum(it["score"] for it in detail["items"]) / len(detail["items"])  # every item weighs 1 here
+        assert items.scores[i].item() == pytest.approx(mean)
+    assert items.scores[0] == pytest.approx(1 / 3) and strict.scores[0] < 0.15  # star 1, red 0, one red star 0
+    assert items.scores[1] == pytest.approx(1.0, abs=1e-6)
+    assert items.scores[2] == pytest.approx(1.0, abs=1e-6) and strict.scores[2] < 0.8  # no global-rule penalty
+
+
 def test_geneval_counts_exactly_and_reads_signs():
     five = ground_truth("a photo of five stars")
     three = ground_truth("a photo of three stars")
@@ -395,7 +412,7 @@ def test_weighted_reward_sums_with_weights_and_combines_validity():
 
 
 def test_build_reward_from_config_and_its_errors(server, monkeypatch):
-    with pytest.raises(UserError, match="unknown reward.*'clip'.*known rewards: geneval, rubric, vlm"):
+    with pytest.raises(UserError, match="unknown reward.*'clip'.*known rewards: geneval, rubric, rubric_items, vlm"):
         build_reward({"rubric": 0.5, "clip": 0.5})
     with pytest.raises(UserError, match="expected a mapping"):
         build_reward({})

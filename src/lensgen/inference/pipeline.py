@@ -34,7 +34,22 @@ from lensgen.sizes import validate_size
 
 MODEL_INDEX = "model_index.json"
 # The Shapes model trained by `lensgen train` and shipped in the package (see its MODEL_CARD.md).
-DEFAULT_MODEL_DIR = Path(__file__).parents[1] / "assets" / "shapes-tiny"
+SHIPPED_MODELS_DIR = Path(__file__).parents[1] / "assets"
+DEFAULT_MODEL_DIR = SHIPPED_MODELS_DIR / "shapes-tiny"
+
+
+def shipped_models() -> list[str]:
+    """Names of the model folders shipped inside the package (usable by name wherever a folder is asked)."""
+    return sorted(p.name for p in SHIPPED_MODELS_DIR.iterdir() if (p / MODEL_INDEX).is_file())
+
+
+def model_dir(model: str | os.PathLike) -> Path:
+    """A model folder given as a path, or by the name of a shipped model (`shapes-tiny`) when no such path
+    exists here."""
+    path = Path(model)
+    if not path.exists() and len(path.parts) == 1 and (SHIPPED_MODELS_DIR / path.name / MODEL_INDEX).is_file():
+        return SHIPPED_MODELS_DIR / path.name
+    return path
 
 
 def check_device(device: str | torch.device | None) -> torch.device | None:
@@ -124,10 +139,11 @@ class PipelineDefaults:
 def read_model_index(directory: str | os.PathLike) -> dict:
     """model_index.json of a model folder, after checking the folder's layout: cheap (no weights), so a
     command can check its arguments against the model's defaults before the slow load."""
-    directory = Path(directory)
+    directory = model_dir(directory)
     index_path = directory / MODEL_INDEX
     if not directory.is_dir():
-        raise UserError(f"model folder {directory} does not exist")
+        raise UserError(f"model folder {directory} does not exist (shipped models, usable by name: "
+                        f"{', '.join(shipped_models())})")
     if not index_path.is_file():
         raise UserError(f"{directory} is not a lensgen model folder: {MODEL_INDEX} is missing "
                         f"(expected {MODEL_INDEX}, transformer/, vae/, text_encoder/)")
@@ -199,7 +215,7 @@ class LensPipeline:
         dev = check_device(device)
         if dtype is None and dev is not None and dev.type == "cuda":
             dtype = torch.bfloat16
-        directory = Path(directory)
+        directory = model_dir(directory)
         index = read_model_index(directory)
         defaults = PipelineDefaults.from_dict(index.get("lensgen", {}))
         transformer = LensTransformer2DModel.from_pretrained(directory / "transformer", device=device, dtype=dtype)
@@ -311,5 +327,5 @@ class LensPipeline:
         return to_pil(images)
 
 
-__all__ = ["DEFAULT_MODEL_DIR", "LensPipeline", "PipelineDefaults", "check_device", "check_sampling",
-           "read_defaults", "read_model_index"]
+__all__ = ["DEFAULT_MODEL_DIR", "LensPipeline", "PipelineDefaults", "check_device", "check_sampling", "model_dir",
+           "read_defaults", "read_model_index", "shipped_models"]

@@ -23,8 +23,14 @@ def cmd_rl(args: argparse.Namespace) -> int:
 
     summary = run_trainer(NFTTrainer, load_rl_config(args.config, config_overrides(args)), args)
     if summary.get("export"):
-        print(f"{summary['steps']} RL steps ({summary['steps_per_hour']:.1f} per hour); final reward "
-              f"{summary['final'].get('reward_mean', float('nan')):.3f}; model: {summary['export']}")
+        reward = summary["final"].get("reward_mean")
+        reward = f"{reward:.3f}" if reward is not None else "not logged"
+        if summary["steps_this_run"] == 0:
+            print(f"nothing left to train: the run is at step {summary['steps']} of {summary['steps']}; last "
+                  f"reward {reward}; model (exported again): {summary['export']}")
+        else:
+            print(f"{summary['steps']} RL steps ({summary['steps_per_hour']:.1f} per hour); final reward "
+                  f"{reward}; model: {summary['export']}")
     return 0
 
 

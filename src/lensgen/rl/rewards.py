@@ -3,6 +3,8 @@
 Every reward is a callable `reward(images, prompts, rubrics) -> RewardResult` (the `Reward` protocol):
 - "rubric": the Shapes judge grades each rubric item (partial credit) and the global rule;
   the total is `shapes.rubrics.score`'s (global x mean x (0.25 + 0.75 x worst));
+- "rubric_items": the same items' weighted mean alone (no global rule, no worst-item gate), a curriculum
+  reward for what the model cannot draw yet;
 - "geneval": GenEval's binary rule with the same judge (1 - normalised edit distance for sign-only prompts);
 - "vlm": a VLM over any OpenAI-compatible chat endpoint scores each rubric item and the global rule
   in [0, 1]; the total is global x mean of the items.
@@ -161,12 +163,20 @@ _DETECTIONS = _Detections()
 
 
 class ShapesRubricReward:
-    """Graded rubric items plus the global rule, read by the Shapes judge: a dense, smooth reward."""
+    """Graded rubric items plus the global rule, read by the Shapes judge: a dense, smooth reward.
+
+    items_only: the weighted mean of the item scores alone ("rubric_items"), without the global rule's
+    factor and the worst item's gate. Where the model cannot yet draw what is asked (a star it has never
+    drawn), the strict total is ~0.01 whatever it draws and the global rule's spread drowns the shape
+    credit's; the item mean keeps the shape credit as the signal (a curriculum reward)."""
 
     name = "rubric"
 
-    def __init__(self, workers: int = 1):
+    def __init__(self, workers: int = 1, items_only: bool = False):
         self.workers = workers
+        self.items_only = items_only
+        if items_only:
+            self.name = "rubric_items"
 
     def __call__(self, images: list[Image.Image], prompts: list[str],
                  rubrics: list[dict | None]) -> RewardResult:
@@ -175,8 +185,7 @@ class ShapesRubricReward:
         outcomes = _map(self._score_one, list(zip(images, parsed)), self.workers)
         return _result([t for t, _ in outcomes], [d for _, d in outcomes])
 
-    @staticmethod
-    def _score_one(image: Image.Image, rubric: Rubrics) -> tuple[float, dict]:
+    def _score_one(self, image: Image.Image, rubric: Rubrics) -> tuple[float, dict]:
         needs_text = any(it.kind == "text" for it in rubric.items)
         result = score(image, rubric, detection=_DETECTIONS(image, needs_text))
         items = [{"dimension": it.dimension, "description": it.description, "score": s}
@@ -184,7 +193,11 @@ class ShapesRubricReward:
         misses = [f"{it.description}: {s:.2f}" for it, s in result.items if s < 1.0]
         if result.global_score < 1.0:
             misses.append(f"global rule: {result.global_score:.2f}")
-        return result.total, _detail(items, result.global_score, "; ".join(misses))
+        total = result.total
+        if self.items_only:
+            weights = [it.weight for it, _ in result.items]
+            total = sum(w * s for w, (_, s) in zip(weights, result.items)) / sum(weights) if weights else 1.0
+        return total, _detail(items, result.global_score, "; ".join(misses))
 
 
 def geneval_spec(prompt: str) -> PromptSpec:
@@ -519,6 +532,7 @@ class WeightedReward:
 
 REWARDS: dict[str, Callable[..., Reward]] = {
     "rubric": lambda judge: ShapesRubricReward(),
+    "rubric_items": lambda judge: ShapesRubricReward(items_only=True),
     "geneval": lambda judge: GenEvalReward(),
     "vlm": lambda judge: VLMJudgeReward(judge),
 }

@@ -301,6 +301,9 @@ class NFTTrainer:
             if self.step % cfg.checkpoint.every == 0 or self.step == cfg.optim.steps:
                 self.save()
         bar.close()
+        if not last and self.info.is_main and (self.out / "metrics.jsonl").exists():  # resumed with no step left
+            lines = (self.out / "metrics.jsonl").read_text().splitlines()
+            last = json.loads(lines[-1]) if lines else {}
         self.scorer.close()
         self.write_rank_report()
         export = self.export(self.out / "final")

@@ -1,0 +1,105 @@
+"""A few-step (Turbo) student against its teacher, side by side in one run: images per second, each model
+at its own defaults (the teacher's steps and CFG, the student's turbo preset), and the transformer passes
+per image, counted (one image's row in one transformer call is one pass; a CFG step is two).
+
+    python benchmarks/turbo_speed.py --student runs/distill-shapes/final          # teacher: the shipped model
+    python benchmarks/turbo_speed.py --teacher DIR --student DIR --images 32 --rounds 3 --json out.json
+
+The two are timed in alternation (`--rounds`, median of each), the same prompts and seeds, whole
+pipeline calls: text encoding, sampling and decoding, so the ratio is what a user of `lensgen generate`
+gets. Lens-Turbo's targets: >= 4.5x the teacher's images/s, >= 8x where the teacher samples with CFG
+(40 passes against 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, LensPipeline
+
+PROMPTS = ["a photo of a red circle", "a blue square above a yellow triangle", "three green stars",
+           "a photo of a purple hexagon", "a white heart to the left of an orange circle",
+           "a sign that says LENS", "two pink squares", "a black triangle below a brown star"]
+
+
+class PassCounter:
+    """Counts the image rows the transformer is called on (forward hook), i.e. transformer passes."""
+
+    def __init__(self, transformer: torch.nn.Module):
+        self.rows = 0
+        transformer.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output) -> None:
+        self.rows += output.shape[0]
+
+
+def run_model(pipe: LensPipeline, prompts: list[str], batch: int, seed: int) -> None:
+    for start in range(0, len(prompts), batch):
+        pipe(prompts[start:start + batch], seed=seed + start)
+
+
+def compare(teacher_dir: str, student_dir: str, images: int, batch: int, rounds: int, seed: int = 0) -> dict:
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(images)]
+    models = {"teacher": LensPipeline.from_pretrained(teacher_dir),
+              "student": LensPipeline.from_pretrained(student_dir)}
+    counters = {name: PassCounter(pipe.transformer) for name, pipe in models.items()}
+    for pipe in models.values():  # warm-up: first-call allocations, thread pools
+        run_model(pipe, prompts[:batch], batch, seed)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for counter in counters.values():
+        counter.rows = 0
+    for _ in range(rounds):
+        for name, pipe in models.items():
+            start = time.perf_counter()
+            run_model(pipe, prompts, batch, seed)
+            times[name].append(time.perf_counter() - start)
+    rows: dict = {}
+    for name, pipe in models.items():
+        seconds = statistics.median(times[name])
+        d = pipe.defaults
+        rows[name] = {"model": teacher_dir if name == "teacher" else student_dir, "steps": d.steps, "cfg": d.cfg,
+                      "solver": d.solver, "size": f"{pipe.default_width}x{pipe.default_height}",
+                      "passes_per_image": counters[name].rows / (rounds * images),
+                      "seconds": seconds, "seconds_rounds": times[name], "images_per_s": images / seconds}
+    ratio = rows["student"]["images_per_s"] / rows["teacher"]["images_per_s"]
+    target = 8.0 if rows["teacher"]["cfg"] != 1.0 else 4.5
+    return {"images": images, "batch": batch, "rounds": rounds, "threads": torch.get_num_threads(), **rows,
+            "speedup": ratio, "target": target, "meets_target": ratio >= target}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default=str(DEFAULT_MODEL_DIR), help="teacher pipeline folder "
+                                                                           "(default: the shipped model)")
+    parser.add_argument("--student", required=True, help="student pipeline folder (a `lensgen distill` export)")
+    parser.add_argument("--images", type=int, default=32, help="images per model per round (default 32)")
+    parser.add_argument("--batch", type=int, default=8, help="images per pipeline call (default 8)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians reported)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    if min(args.images, args.batch, args.rounds) < 1:
+        parser.error("--images, --batch and --rounds must be at least 1")
+    result = compare(args.teacher, args.student, args.images, args.batch, args.rounds)
+    print(f"{result['images']} images per model per round, batch {result['batch']}, {result['rounds']} rounds "
+          f"(medians), threads={result['threads']}")
+    print(f"{'model':8s} {'steps':>5} {'cfg':>5} {'solver':>6} {'size':>7} {'passes/img':>10} {'s/round':>8} "
+          f"{'img/s':>7}")
+    for name in ("teacher", "student"):
+        r = result[name]
+        print(f"{name:8s} {r['steps']:5d} {r['cfg']:5.1f} {r['solver']:>6} {r['size']:>7} "
+              f"{r['passes_per_image']:10.1f} {r['seconds']:8.2f} {r['images_per_s']:7.2f}")
+    print(f"speed-up (student / teacher images/s): {result['speedup']:.2f}x (target >= {result['target']:g}x: "
+          f"{'met' if result['meets_target'] else 'not met'})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
