@@ -4,6 +4,7 @@ per image, counted (one image's row in one transformer call is one pass; a CFG s
 
     python benchmarks/turbo_speed.py --student runs/distill-shapes/final          # teacher: the shipped model
     python benchmarks/turbo_speed.py --teacher DIR --student DIR --images 32 --rounds 3 --json out.json
+    python benchmarks/turbo_speed.py --student DIR --grid grid.png      # also: teacher | student, same seeds
 
 The two are timed in alternation (`--rounds`, median of each), the same prompts and seeds, whole
 pipeline calls: text encoding, sampling and decoding, so the ratio is what a user of `lensgen generate`
@@ -72,6 +73,20 @@ def compare(teacher_dir: str, student_dir: str, images: int, batch: int, rounds:
             "speedup": ratio, "target": target, "meets_target": ratio >= target}
 
 
+def side_by_side(teacher_dir: str, student_dir: str, path: str, seed: int = 0, scale: int = 2) -> None:
+    """A PNG with one row per prompt of PROMPTS: the teacher's image, then the student's, same seed."""
+    from PIL import Image
+
+    columns = [LensPipeline.from_pretrained(d)(PROMPTS, seed=seed) for d in (teacher_dir, student_dir)]
+    w, h = columns[0][0].size
+    sheet = Image.new("RGB", (2 * w * scale + scale * 4, len(PROMPTS) * h * scale), (255, 255, 255))
+    for row, pair in enumerate(zip(*columns)):
+        for col, image in enumerate(pair):
+            sheet.paste(image.resize((w * scale, h * scale), Image.NEAREST),
+                        (col * (w * scale + scale * 4), row * h * scale))
+    sheet.save(path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default=str(DEFAULT_MODEL_DIR), help="teacher pipeline folder "
@@ -81,6 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=8, help="images per pipeline call (default 8)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians reported)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--grid", help="also write a PNG: one row per prompt, teacher left, student right, "
+                                       "same seeds")
     args = parser.parse_args(argv)
     if min(args.images, args.batch, args.rounds) < 1:
         parser.error("--images, --batch and --rounds must be at least 1")
@@ -98,6 +115,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+    if args.grid:
+        side_by_side(args.teacher, args.student, args.grid)
+        print(f"wrote {args.grid}: rows {', '.join(repr(p) for p in PROMPTS)}; teacher left, student right")
     return result
 
 

@@ -41,3 +41,23 @@ def test_loss_plot_includes_validation_points():
     metrics = [{"step": s, "loss": 1.0 / s, **({"val_loss@0.5": 0.5, "val_loss@0.9": 0.7} if s % 2 == 0 else {})}
                for s in range(1, 11)]
     assert loss_plot_png(metrics)[:4] == b"\x89PNG"
+
+
+def test_demo_samples_the_grid_again_with_a_turbo_model_and_times_both(tmp_path, monkeypatch):
+    """--turbo: the same prompts and seeds from a few-step model (here the shipped weights with a 2-step,
+    CFG-free preset, as a distill export would have), both wall times and the passes per image."""
+    from dataclasses import replace
+
+    from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, LensPipeline
+
+    monkeypatch.setattr("lensgen.demo.DEMO_PROMPTS", DEMO_PROMPTS[:2])
+    fast = LensPipeline.from_pretrained(DEFAULT_MODEL_DIR)
+    fast.defaults = replace(fast.defaults, steps=2, cfg=1.0)
+    fast.save_pretrained(tmp_path / "turbo")
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--train-steps", "0", "--turbo", str(tmp_path / "turbo")]) == 0
+    page = (out / "index.html").read_text()
+    assert "2 transformer passes per image against the grid's 40" in page and "x</b> faster" in page
+    for i, (prompt, size) in enumerate(DEMO_PROMPTS[:2]):
+        text = Image.open(out / "images" / f"turbo-{i:02d}.png").text
+        assert (text["prompt"], text["size"], text["seed"], text["steps"]) == (prompt, size, str(i), "2")

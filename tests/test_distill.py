@@ -79,7 +79,8 @@ def test_turbo_speed_benchmark_counts_passes_at_each_models_defaults(tmp_path, t
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "turbo_speed.py"
     out = tmp_path / "speed.json"
     proc = subprocess.run([sys.executable, str(script), "--teacher", str(teacher), "--student", str(export),
-                           "--images", "2", "--batch", "2", "--rounds", "1", "--json", str(out)],
+                           "--images", "2", "--batch", "2", "--rounds", "1", "--json", str(out),
+                           "--grid", str(tmp_path / "grid.png")],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
@@ -89,6 +90,10 @@ def test_turbo_speed_benchmark_counts_passes_at_each_models_defaults(tmp_path, t
     assert result["target"] == 8.0
     assert result["speedup"] == pytest.approx(result["student"]["images_per_s"] / result["teacher"]["images_per_s"])
     assert "speed-up (student / teacher images/s)" in proc.stdout
+    from PIL import Image
+
+    with Image.open(tmp_path / "grid.png") as grid:  # 8 rows of 32 px images at 2x, two columns and a gap
+        assert grid.size == (2 * 64 + 8, 8 * 64)
 
 
 def test_switched_off_terms_are_not_computed(tmp_path, teacher):

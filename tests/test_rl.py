@@ -73,6 +73,7 @@ def test_resume_replays_the_same_steps_and_exports_a_cfg_free_model(tmp_path, pr
     # resuming a finished run trains nothing, re-exports, and reports the last logged step
     again = NFTTrainer(config(tmp_path, SHIPPED, prompts, "split", 3), resume=True, progress=False).run()
     assert again["steps_this_run"] == 0 and again["final"]["reward_mean"] == b[-1]["reward_mean"]
+    assert json.loads((tmp_path / "split" / "summary.json").read_text())["steps_this_run"] == 1  # kept
     assert len(lines(tmp_path / "split")) == 3
     for key in ("reward_mean", "policy_loss", "kl", "grad_norm"):
         assert [m[key] for m in b] == pytest.approx([m[key] for m in a], rel=1e-5, abs=1e-7), key

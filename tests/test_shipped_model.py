@@ -25,3 +25,24 @@ def test_shipped_model_images_for_fixed_seeds_are_unchanged():
     for got, want in ((square, expected["square"]), (wide, expected["wide"])):
         assert got.shape == want.shape
         torch.testing.assert_close(got, want, atol=5e-6, rtol=0)
+
+
+TURBO_RECORDED = Path(__file__).parent / "data" / "shipped_turbo_images.safetensors"
+
+
+def test_shipped_turbo_model_samples_in_four_cfg_free_steps_as_recorded():
+    """The Turbo student ships by name: 4 Euler steps, CFG 1 (one transformer pass per step), and its images
+    for fixed seeds are the ones recorded when it was evaluated."""
+    pipe = LensPipeline.from_pretrained("shapes-tiny-turbo")
+    assert (pipe.defaults.steps, pipe.defaults.cfg, pipe.defaults.solver) == (4, 1.0, "euler")
+    calls = []
+    pipe.transformer.register_forward_hook(lambda module, args, output: calls.append(output.shape[0]))
+    got = pipe(PROMPTS, height=64, width=64, seed=[0, 1, 2], output_type="pt")
+    assert calls == [3] * 4
+    torch.testing.assert_close(got, load_file(TURBO_RECORDED)["square"], atol=5e-6, rtol=0)
+
+
+def test_shipped_models_fit_the_package_budget():
+    """Everything under lensgen/assets (the base and Turbo models) stays under 40 MB."""
+    total = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.parent.rglob("*") if p.is_file())
+    assert total < 40e6, f"{total / 1e6:.1f} MB"

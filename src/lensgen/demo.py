@@ -1,7 +1,8 @@
 """`lensgen demo`: the embedded main job, sized for a 2-core laptop in a few minutes.
 
-It shows the two halves of the recipe that run on a CPU: a grid from the shipped Shapes model across
-aspect ratios, and a short pretraining run from scratch (the same trainer as `lensgen train`) whose
+It shows the recipe's stages that run on a CPU: a grid from the shipped Shapes model across aspect ratios,
+the same grid from a few-step Turbo model with both wall times (when one is shipped or given), and a short
+pretraining run from scratch (the same trainer as `lensgen train`) whose
 loss falls on screen, with a few images sampled from the model it exports. Everything lands in one HTML
 page with the images, prompts and loss plot; every PNG carries the text metadata `lensgen generate` writes.
 """
@@ -103,8 +104,31 @@ def trained_model_html(out: Path, export: Path) -> str:
             f"{len(prompts)} prompts and seeds of the grid above, to compare.</p>{''.join(cards)}")
 
 
-def run_demo(out: Path, model: str | None, train_steps: int) -> Path:
+TURBO_MODEL = "shapes-tiny-turbo"  # the shipped 4-step student, shown beside the grid when the package has it
+
+
+def turbo_html(out: Path, turbo: str, base_pipe, base_seconds: float) -> str:
+    """The grid again from a few-step (Turbo) model, same prompts and seeds, with both wall times."""
+    from lensgen.inference.pipeline import LensPipeline
+
+    pipe = LensPipeline.from_pretrained(turbo)
+    print(f"sampling the same {len(DEMO_PROMPTS)} prompts with the Turbo model ({turbo}) ...")
+    start = time.perf_counter()
+    cards = sample_cards(pipe, turbo, DEMO_PROMPTS, out, prefix="turbo-")
+    seconds = time.perf_counter() - start
+
+    def passes(p) -> int:
+        return p.defaults.steps * (2 if p.defaults.cfg != 1.0 else 1)
+
+    return (f"<p>Model: {html.escape(pipe.name)}; {pipe.defaults.steps} steps, CFG {pipe.defaults.cfg} "
+            f"({passes(pipe)} transformer passes per image against the grid's {passes(base_pipe)}). The same "
+            f"prompts and seeds in {seconds:.1f} s against {base_seconds:.1f} s: "
+            f"<b>{base_seconds / max(seconds, 1e-9):.1f}x</b> faster on this machine.</p>{''.join(cards)}")
+
+
+def run_demo(out: Path, model: str | None, train_steps: int, turbo: str | None = None) -> Path:
     from lensgen.inference.generate import load_pipeline
+    from lensgen.inference.pipeline import shipped_models
     from lensgen.io import atomic_write_bytes, atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
@@ -113,6 +137,10 @@ def run_demo(out: Path, model: str | None, train_steps: int) -> Path:
     start = time.perf_counter()
     cards = sample_cards(pipe, model or pipe.name, DEMO_PROMPTS, out, prefix="")
     grid_s = time.perf_counter() - start
+    if turbo is None and TURBO_MODEL in shipped_models():
+        turbo = TURBO_MODEL
+    turbo_section = turbo_html(out, turbo, pipe, grid_s) if turbo else \
+        "<p>No Turbo model in this package; <code>--turbo DIR</code> shows a <code>lensgen distill</code> export.</p>"
 
     train_html = "<p>Training skipped (--train-steps 0).</p>"
     if train_steps > 0:
@@ -140,6 +168,8 @@ figure img{{image-rendering:pixelated;border:1px solid #ccc}} figcaption{{max-wi
 <p>Model: {html.escape(pipe.name)}; {pipe.defaults.steps} steps, CFG {pipe.defaults.cfg}; eight prompts across
 aspect ratios, generated in {grid_s:.1f} s on this machine.</p>
 {"".join(cards)}
+<h2>Turbo: the same grid in a few steps</h2>
+{turbo_section}
 <h2>Pretraining from scratch</h2>
 {train_html}
 """
@@ -149,7 +179,7 @@ aspect ratios, generated in {grid_s:.1f} s on this machine.</p>
 
 def cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    page = run_demo(Path(args.out), args.model, args.train_steps)
+    page = run_demo(Path(args.out), args.model, args.train_steps, args.turbo)
     print(f"wrote {page} in {time.perf_counter() - start:.0f} s")
     print("to make images from a web page: run `lensgen serve` and open http://127.0.0.1:8000/ "
           "(docs/serving.md)")
@@ -164,10 +194,13 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                     "exports, and write OUT/index.html with the images, prompts and loss plot.")
     d.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
     d.add_argument("--model", help="model folder for the grid (default: the shipped model)")
+    d.add_argument("--turbo", help="a few-step model (a `lensgen distill` export) to sample the grid again "
+                                   f"beside the base, with both times (default: the shipped {TURBO_MODEL} if any)")
     d.add_argument("--train-steps", type=int, default=300,
                    help="steps of the from-scratch training run (default 300, about 3 minutes on 2 cores; "
                         "0 skips it)")
     d.set_defaults(func=cmd_demo)
 
 
-__all__ = ["DEMO_PROMPTS", "demo_train_config", "loss_plot_png", "run_demo", "sample_cards", "trained_model_html"]
+__all__ = ["DEMO_PROMPTS", "demo_train_config", "loss_plot_png", "run_demo", "sample_cards", "trained_model_html",
+           "turbo_html"]

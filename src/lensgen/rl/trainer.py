@@ -312,7 +312,8 @@ class NFTTrainer:
                    "steps_per_hour": (self.step - start_step) / max(elapsed, 1e-9) * 3600, "final": last,
                    "export": str(export) if export else None, "world_size": self.info.world_size}
         if self.info.is_main:
-            atomic_write_json(self.out / "summary.json", summary)
+            if summary["steps_this_run"] or not (self.out / "summary.json").exists():  # keep the run's timings
+                atomic_write_json(self.out / "summary.json", summary)
             metrics = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line]
             if metrics:
                 atomic_write_bytes(self.out / "reward.png", reward_plot_png(metrics))
