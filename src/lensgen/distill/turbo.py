@@ -38,7 +38,7 @@ from lensgen.distill.config import DistillConfig, distill_config_to_dict
 from lensgen.distill.discriminator import DiscriminatorHead, FeatureTap
 from lensgen.flow.sampler import guided_velocity
 from lensgen.flow.schedule import sampling_sigmas
-from lensgen.inference.pipeline import LensPipeline, PipelineDefaults, read_model_index
+from lensgen.inference.pipeline import LensPipeline, PipelineDefaults, model_dir, read_model_index
 from lensgen.io import atomic_write_json
 from lensgen.models.text_encoder import TextEncoder, TextFeatures
 from lensgen.models.transformer import LensTransformer2DModel
@@ -84,7 +84,7 @@ class TurboTrainer:
         self.device = self.info.device
         cuda = self.device.type == "cuda"
 
-        teacher_dir = Path(config.model.teacher)
+        teacher_dir = model_dir(config.model.teacher)  # a folder, or a shipped model by name
         index = read_model_index(teacher_dir)
         self.teacher_defaults = PipelineDefaults.from_dict(index.get("lensgen", {}))
         self.teacher_name = index.get("name", teacher_dir.name)

@@ -25,7 +25,7 @@ from lensgen.data.rl_prompts.records import rubric_dict
 from lensgen.flow.sampler import sample as solve
 from lensgen.flow.schedule import sampling_sigmas
 from lensgen.images import to_pil
-from lensgen.inference.pipeline import LensPipeline, PipelineDefaults, read_model_index
+from lensgen.inference.pipeline import LensPipeline, PipelineDefaults, model_dir, read_model_index
 from lensgen.io import atomic_write_bytes, atomic_write_json
 from lensgen.models.text_encoder import TextEncoder
 from lensgen.models.transformer import LensTransformer2DModel
@@ -65,7 +65,7 @@ class NFTTrainer:
         self.device = self.info.device
         cuda = self.device.type == "cuda"
 
-        init = Path(config.model.init_from)
+        init = model_dir(config.model.init_from)  # a folder, or a shipped model by name
         index = read_model_index(init)
         self.base_defaults = PipelineDefaults.from_dict(index.get("lensgen", {}))
         self.base_name = index.get("name", init.name)
