@@ -85,6 +85,24 @@ def test_largest_batch_from_two_steps():
     assert largest_batch(step(4, 12 * GIB), step(8, 8 * GIB), 40 * GIB) == 36
 
 
+def test_planner_leaves_dtensor_sharding_propagation_out_of_the_peak(tmp_path):
+    """DTensor finds an op's output shape by running it on stand-ins of its inputs at their global shape,
+    under the active fake mode: the planner's own, so FSDPMemTracker counted them. At clip_grad_norm_'s
+    _foreach_norm that is every gradient at full size in fp32 at once (15.3 GiB for lens-3.8b, which made
+    batch 4 plan above batch 8), and only in the first step planned in the process (DTensor caches it).
+    Here (64 px, batch 1, few activations) that phantom would set the peak."""
+    from lensgen.train.materialize import meta_transformer
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(CONFIG.replace("num_layers: 2", "num_layers: 4").replace("fp32", "bf16"))
+    planner = Planner(load_config(config), 8, text_tokens=8, text_encoder="precomputed")
+    full_fp32_grads = 4 * sum(p.numel() for p in meta_transformer(planner.model_config).parameters())
+    first = planner.plan_step(64, 1, True)
+    assert first.memory.activations < full_fp32_grads / 4, vars(first.memory)
+    # first in the process or not, the same plan (to within DTensor's small cached-path differences)
+    assert planner.plan_step(64, 1, True).peak == pytest.approx(first.peak, rel=0.01)
+
+
 def test_plan_command_lists_the_planners_text_encoder_modes():
     from lensgen.train import plan_cli, planner
 

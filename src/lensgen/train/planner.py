@@ -9,7 +9,8 @@ device, FSDP2 with the trainer's mixed precision, activation checkpointing as as
 process under 2 GB of RSS.
 
 Memory is `FSDPMemTracker`'s: it counts every storage alive at every op, by category, and keeps the
-categories at the step's peak. Sharded and gathered parameters, gradients (and their reduce-scatter
+categories at the step's peak (less the global-shape stand-ins DTensor's sharding propagation makes under
+our fake mode: see `_plan_tracker_class`). Sharded and gathered parameters, gradients (and their reduce-scatter
 buffers), AdamW state, activations with backward temporaries and the inputs come from it; the EMA (fp32,
 sharded like the parameters, resident throughout) and the frozen text encoder (see `TextEncoderCost`)
 are added to that peak. FLOPs are counted by `FlopCounterMode` (with a formula for the CPU attention
@@ -24,6 +25,7 @@ the plan within 10 % of it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import resource
 import warnings
@@ -118,6 +120,72 @@ def _is_fake(t: torch.Tensor) -> bool:
     from torch._subclasses.fake_tensor import FakeTensor
 
     return isinstance(t, FakeTensor)
+
+
+@functools.cache
+def _plan_tracker_class():
+    """`FSDPMemTracker` that leaves DTensor's sharding propagation out of the count (see `PlanMemTracker`)."""
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._dispatch import OpDispatcher
+    from torch.distributed.tensor._sharding_prop import ShardingPropagator
+
+    # where DTensor works out an op's output placement and shape (the second and third run under the first,
+    # or under the C++ fast path's cache miss; either way every op they run is propagation, never the step's)
+    propagation = [(OpDispatcher, "_propagate_op_sharding_dispatch_slow_path"),
+                   (ShardingPropagator, "propagate_op_sharding_non_cached"),
+                   (ShardingPropagator, "_propagate_tensor_meta_non_cached")]
+
+    class PlanMemTracker(FSDPMemTracker):
+        """To find a DTensor op's output shape, DTensor runs the op on stand-ins of its inputs at their
+        *global* (unsharded) shape, made under the active fake mode (`detect_fake_mode()`). `FSDPMemTracker`
+        means to skip those ops (it counts only ops under the fake mode it was entered in, which in a real
+        run is none), but the planner enters it under its own FakeTensorMode, the very mode propagation then
+        reuses: the stand-ins were counted as allocations. For `clip_grad_norm_`'s `_foreach_norm` over all
+        gradients that is every gradient at full size in fp32 at once (15.3 GiB for lens-3.8b), for the
+        first such op in the process only (DTensor caches the result). This tracker does not count ops
+        that run inside propagation."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._propagating = 0
+            self._originals = []
+
+        def _propagating_wrapper(self, fn):
+            @functools.wraps(fn)
+            def propagate(*args, **kwargs):
+                self._propagating += 1
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    self._propagating -= 1
+            return propagate
+
+        def __enter__(self):
+            if self._depth == 0:
+                for owner, name in propagation:
+                    original = owner.__dict__[name]
+                    self._originals.append((owner, name, original))
+                    setattr(owner, name, self._propagating_wrapper(original))
+            return super().__enter__()
+
+        def __exit__(self, *args):
+            try:
+                super().__exit__(*args)
+            finally:
+                if self._depth == 0:
+                    while self._originals:
+                        owner, name, original = self._originals.pop()
+                        setattr(owner, name, original)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if self._propagating:
+                if any(issubclass(t, DTensor) for t in types):
+                    return NotImplemented
+                return func(*args, **(kwargs or {}))
+            return super().__torch_dispatch__(func, types, args, kwargs)
+
+    return PlanMemTracker
 
 
 # ---- memory categories ------------------------------------------------------------------------------
@@ -346,13 +414,12 @@ class Planner:
     def plan_step(self, resolution: int, batch: int, checkpointing: bool) -> StepPlan:
         """Per-GPU peak memory of one step (FSDPMemTracker on fake tensors), by category."""
         from torch._subclasses.fake_tensor import FakeTensorMode
-        from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 
         with fake_process_group(self.world_size) as mesh, FakeTensorMode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # FSDP's "returned a view" note on the model output
             model, optimizer, ema = self._build(mesh, checkpointing)
             inputs = self._inputs(resolution, batch)
-            tracker = FSDPMemTracker(model, optimizer)
+            tracker = _plan_tracker_class()(model, optimizer)  # FSDPMemTracker, less DTensor's propagation
             tracker.track_inputs(inputs.tensors())
             with tracker:  # (no FlopCounterMode in here: nested, it keeps checkpointed activations alive)
                 train_step(model, optimizer, ema, inputs, self.config.optim.grad_clip)
