@@ -3,7 +3,15 @@
 import pytest
 
 from lensgen.errors import UserError
-from lensgen.eval.shapes import evaluate, format_table, geneval_check, ground_truth_generator, noise_generator
+from lensgen.eval.shapes import (
+    SampleResult,
+    evaluate,
+    format_table,
+    geneval_check,
+    ground_truth_generator,
+    noise_generator,
+    standard_errors,
+)
 from lensgen.shapes import render
 from lensgen.shapes.evalset import TASKS, build_prompts, load_prompts, prompt_path
 from lensgen.shapes.groundtruth import scene_for_prompt
@@ -72,6 +80,28 @@ def test_ground_truth_is_the_ceiling_and_noise_the_floor():
     assert floor.overall <= 0.05
     table = format_table(gt)
     assert "| counting |" in table and "overall" in table
+
+
+def test_standard_errors_take_the_prompt_as_the_unit():
+    """Two prompts of a task scoring 1,1 and 0,0: prompt means 1 and 0, std 0.707 over 2 prompts -> 0.5
+    (not the 0.29 four independent images would give); a second task's prompts 1,0 / 1,0 agree -> 0."""
+    def sample(task, prompt, score):
+        return SampleResult(prompt, task, prompt, 0, score)
+
+    samples = [sample("a", "a1", 1.0), sample("a", "a1", 1.0), sample("a", "a2", 0.0), sample("a", "a2", 0.0),
+               sample("b", "b1", 1.0), sample("b", "b1", 0.0), sample("b", "b2", 1.0), sample("b", "b2", 0.0)]
+    per_task, overall = standard_errors(samples)
+    assert per_task == pytest.approx({"a": 0.5, "b": 0.0})
+    assert overall == pytest.approx(0.25)  # sqrt(0.5^2 + 0^2) / 2 tasks
+    per_task, overall = standard_errors(samples + [sample("c", "c1", 1.0)])
+    assert per_task["c"] is None and overall is None  # one prompt: no spread to measure
+
+    specs = load_prompts(["single_object"], limit=3) + load_prompts(["counting"], limit=3)
+    half = evaluate(lambda p, s: [ground_truth_generator(specs, 64, 64)([q], [d])[0] if i % 2 == 0 else
+                                  noise_generator(64, 64)([q], [d])[0] for i, (q, d) in enumerate(zip(p, s))],
+                    prompts=specs, n_per_prompt=2, batch_size=2, progress=False)
+    assert set(half.tasks_se) == {"single_object", "counting"} and half.overall_se is not None
+    assert f"{half.overall:.3f} ± {half.overall_se:.3f}" in format_table(half)
 
 
 def test_evaluate_calls_any_batched_callable():
@@ -163,3 +193,45 @@ def test_eval_save_images_needs_out_and_bad_settings_fail_before_loading(tmp_pat
                            (["--size", "60x64"], "multiples of 8")):
         assert main(["eval", "shapes", "--model", str(DEFAULT_MODEL_DIR), *flags]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_compare_pairs_images_and_its_cli_reads_eval_folders(tmp_path, capsys):
+    """B - A per task on matched (prompt, seed) images, with the paired standard error over prompts: two
+    prompts gaining +1 and 0 -> differences 1 and 0 -> +0.5 ± 0.5; images only one run scored are ignored."""
+    import json
+
+    from lensgen.cli import main
+    from lensgen.eval.compare import compare, load_scores
+
+    def run(folder, rows):
+        samples = [{"id": i, "task": t, "prompt": i, "seed": sd, "score": v, "reason": ""} for t, i, sd, v in rows]
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "results.json").write_text(json.dumps({"samples": samples}))
+        return tmp_path / folder
+
+    a = run("a", [("counting", "p1", 0, 0.0), ("counting", "p1", 1, 0.0), ("counting", "p2", 0, 1.0),
+                  ("counting", "p2", 1, 1.0), ("colors", "q1", 0, 1.0), ("colors", "q2", 0, 0.0)])
+    b = run("b", [("counting", "p1", 0, 1.0), ("counting", "p1", 1, 1.0), ("counting", "p2", 0, 1.0),
+                  ("counting", "p2", 1, 1.0), ("counting", "p3", 0, 1.0), ("colors", "q1", 0, 1.0),
+                  ("colors", "q2", 0, 0.0)])
+    c = compare(load_scores(a), load_scores(b / "results.json"))
+    assert c.images == 6  # p3 is in B only
+    counting, colors = c.tasks  # ShapesEval's task order
+    assert (counting.task, counting.a, counting.b, counting.prompts) == ("counting", 0.5, 1.0, 2)
+    assert counting.diff == 0.5 and counting.se == pytest.approx(0.5)
+    assert colors.diff == 0 and colors.se == 0
+    assert c.overall_se == pytest.approx(0.25)
+
+    assert main(["eval", "compare", str(a), str(b), "--out", str(tmp_path / "cmp.md")]) == 0
+    table = (tmp_path / "cmp.md").read_text()
+    assert "| counting | 2 | 0.500 | 1.000 | +0.500 ± 0.500 |" in table and "| colors | 2 | 0.500 | 0.500 | +0.000" in table
+    assert table in capsys.readouterr().out
+
+    other = run("other", [("counting", "p9", 0, 1.0)])
+    for args, message in ((["eval", "compare", str(a), str(other)], "share no"),
+                          (["eval", "compare", str(tmp_path / "none"), str(b)], "no ShapesEval results")):
+        assert main(args) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "a" / "results.json").write_text("{}")
+    assert main(["eval", "compare", str(a), str(b)]) == 2
+    assert "malformed" in capsys.readouterr().err

@@ -38,11 +38,10 @@ from lensgen.distill.config import DistillConfig, distill_config_to_dict
 from lensgen.distill.discriminator import DiscriminatorHead, FeatureTap
 from lensgen.flow.sampler import guided_velocity
 from lensgen.flow.schedule import sampling_sigmas
-from lensgen.inference.pipeline import LensPipeline, PipelineDefaults, model_dir, read_model_index
+from lensgen.inference.pipeline import LensPipeline, PipelineDefaults, StartingPoint
 from lensgen.io import atomic_write_json
-from lensgen.models.text_encoder import TextEncoder, TextFeatures
+from lensgen.models.text_encoder import TextFeatures
 from lensgen.models.transformer import LensTransformer2DModel
-from lensgen.models.vae import LatentCodec
 from lensgen.train import checkpoint as ckpt
 from lensgen.train.batch import collate
 from lensgen.train.ema import EMA
@@ -84,16 +83,11 @@ class TurboTrainer:
         self.device = self.info.device
         cuda = self.device.type == "cuda"
 
-        teacher_dir = model_dir(config.model.teacher)  # a folder, or a shipped model by name
-        index = read_model_index(teacher_dir)
-        self.teacher_defaults = PipelineDefaults.from_dict(index.get("lensgen", {}))
-        self.teacher_name = index.get("name", teacher_dir.name)
-        self.cfg_scale = config.model.teacher_cfg or self.teacher_defaults.cfg
         frozen_dtype = torch.bfloat16 if self.bf16 else torch.float32
-        self.text_encoder = TextEncoder.from_pretrained(teacher_dir / "text_encoder", device=self.device,
-                                                        dtype=frozen_dtype)
-        self.codec = LatentCodec.from_pretrained(teacher_dir / "vae", device=self.device)
-        student = LensTransformer2DModel.from_pretrained(teacher_dir / "transformer").to(self.device).train()
+        start = StartingPoint.load(config.model.teacher, self.device, frozen_dtype)
+        self.teacher_defaults, self.teacher_name = start.defaults, start.name
+        self.cfg_scale = config.model.teacher_cfg or self.teacher_defaults.cfg
+        self.text_encoder, self.codec, student = start.text_encoder, start.codec, start.transformer
         fake = copy.deepcopy(student)
         self.teacher = copy.deepcopy(student).requires_grad_(False).eval()
         head = DiscriminatorHead(student.config.width).to(self.device)

@@ -1,4 +1,5 @@
-"""`lensgen eval shapes`: ShapesEval on a model folder, or the judge's ceiling and floor."""
+"""`lensgen eval shapes`: ShapesEval on a model folder, or the judge's ceiling and floor; `lensgen eval
+compare`: two such runs side by side, with the paired standard error of their difference."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ if TYPE_CHECKING:
 EVAL_HELP = """Score a model (or the judge's own ceiling and floor) on ShapesEval's held-out prompts.
 Exactly one source: --model DIR (a LensPipeline folder), --ground-truth (each prompt's own scene,
 rendered: the ceiling) or --noise (uniform noise images: the floor)."""
+
+COMPARE_HELP = """Compare two ShapesEval runs made on the same prompts and seeds (e.g. `lensgen eval shapes --model A
+--out eval-a` and the same for B). Per task: both scores on the images both runs scored, and B - A with
+its paired standard error over prompts (per prompt, B's mean score minus A's). Matched images share the
+prompt's difficulty and the seed's noise, so this tells apart differences that the two scores' own
+standard errors cannot; * marks a difference above twice its standard error."""
 
 
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -46,6 +53,25 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                         "seed, settings, score, the judge's reason) and list them in OUT/images/index.jsonl")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_eval_shapes)
+
+    c = groups["eval"].add_parser("compare", help="two ShapesEval runs side by side, with paired standard errors",
+                                  description=COMPARE_HELP)
+    c.add_argument("a", metavar="A", help="the reference run: an `eval shapes --out` folder or its results.json")
+    c.add_argument("b", metavar="B", help="the run compared with it, on the same prompts and seeds")
+    c.add_argument("--out", default=None, help="also write the table to this markdown file")
+    c.set_defaults(func=_eval_compare)
+
+
+def _eval_compare(args: argparse.Namespace) -> int:
+    from lensgen.eval.compare import compare, format_comparison, load_scores, run_name
+    from lensgen.io import atomic_write_text
+
+    table = format_comparison(compare(load_scores(args.a), load_scores(args.b)), run_name(args.a), run_name(args.b))
+    print(table)
+    if args.out:
+        atomic_write_text(Path(args.out), table)
+        print(f"wrote {args.out}")
+    return 0
 
 
 def image_file(sample: SampleResult) -> str:

@@ -5,7 +5,9 @@ one image per (prompt, seed) pair. Scoring follows GenEval's rules with our judg
 an object group needs at least `count` objects of its shape (the most template-like first); a colour
 needs that many of them in that colour; counting needs exactly the number (no extra of that shape);
 position compares box centres with a 0.1 margin (relations.py). The text task scores
-1 - normalised edit distance of the OCR'd sign. The overall score is the mean over tasks.
+1 - normalised edit distance of the OCR'd sign. The overall score is the mean over tasks. Each score
+comes with its standard error over prompts (a prompt's images share it, so the prompt is the unit), the
+yardstick for whether two models' scores differ at all.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class ShapesEvalResult:
     n_per_prompt: int = 1
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    tasks_se: dict[str, float | None] = field(default_factory=dict)  # task -> standard error over prompts
+    overall_se: float | None = None  # of the overall mean (tasks independent); None if a task has one prompt
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,6 +103,23 @@ def score_image(spec: PromptSpec, image: Image.Image, detection: Detection | Non
     return float(ok), reason
 
 
+def standard_errors(samples: list[SampleResult]) -> tuple[dict[str, float | None], float | None]:
+    """Per task, the standard error of its mean score with prompts as the sampling unit (the images of one
+    prompt are not independent draws); and the overall mean's, the tasks taken as independent. A task
+    with a single prompt has none."""
+    by_prompt: dict[str, dict[str, list[float]]] = {}
+    for s in samples:
+        by_prompt.setdefault(s.task, {}).setdefault(s.id, []).append(s.score)
+    per_task: dict[str, float | None] = {}
+    for task, prompts in by_prompt.items():
+        means = np.array([np.mean(v) for v in prompts.values()])
+        per_task[task] = float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1 else None
+    values = list(per_task.values())
+    overall = (float(np.sqrt(sum(v * v for v in values)) / len(values))
+               if values and all(v is not None for v in values) else None)
+    return per_task, overall
+
+
 def evaluate(generate: Generate, tasks: list[str] | None = None, n_per_prompt: int = 4, batch_size: int = 16,
              limit: int | None = None, seed: int = 0, prompts: list[PromptSpec] | None = None,
              progress: bool = True,
@@ -130,17 +151,23 @@ def evaluate(generate: Generate, tasks: list[str] | None = None, n_per_prompt: i
     geneval = float(np.mean([per_task[t] for t in GENEVAL_TASKS])) if all(t in per_task for t in GENEVAL_TASKS) \
         else None
     overall = float(np.mean(list(per_task.values()))) if per_task else 0.0
-    return ShapesEvalResult(per_task, overall, geneval, samples, n_per_prompt, time.perf_counter() - start)
+    tasks_se, overall_se = standard_errors(samples)
+    return ShapesEvalResult(per_task, overall, geneval, samples, n_per_prompt, time.perf_counter() - start,
+                            tasks_se={t: tasks_se[t] for t in order}, overall_se=overall_se)
+
+
+def _with_se(value: float, se: float | None) -> str:
+    return f"{value:.3f}" if se is None else f"{value:.3f} ± {se:.3f}"
 
 
 def format_table(result: ShapesEvalResult, title: str = "ShapesEval") -> str:
-    """A markdown table: one row per task, then the overall means."""
+    """A markdown table: one row per task (score ± its standard error over prompts), then the overall means."""
     counts = {t: sum(s.task == t for s in result.samples) for t in result.tasks}
-    lines = [f"### {title}", "", "| task | score | images |", "| --- | ---: | ---: |"]
-    lines += [f"| {t} | {v:.3f} | {counts[t]} |" for t, v in result.tasks.items()]
+    lines = [f"### {title}", "", "| task | score ± s.e. | images |", "| --- | ---: | ---: |"]
+    lines += [f"| {t} | {_with_se(v, result.tasks_se.get(t))} | {counts[t]} |" for t, v in result.tasks.items()]
     if result.geneval_overall is not None:
         lines.append(f"| GenEval six-task mean | {result.geneval_overall:.3f} | |")
-    lines.append(f"| **overall** | **{result.overall:.3f}** | {len(result.samples)} |")
+    lines.append(f"| **overall** | **{_with_se(result.overall, result.overall_se)}** | {len(result.samples)} |")
     return "\n".join(lines) + "\n"
 
 

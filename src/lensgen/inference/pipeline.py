@@ -164,6 +164,30 @@ def read_defaults(directory: str | os.PathLike) -> PipelineDefaults:
     return PipelineDefaults.from_dict(read_model_index(directory).get("lensgen", {}))
 
 
+@dataclass
+class StartingPoint:
+    """What a post-training stage (RL, distillation) reads from the pipeline folder it starts from: the
+    name and sampling defaults its export inherits, the frozen text encoder and codec, and the transformer
+    in fp32 to train (`text_dtype` is the frozen encoder's: bf16 on GPUs, never through host fp32)."""
+
+    name: str
+    defaults: PipelineDefaults
+    text_encoder: TextEncoder
+    codec: LatentCodec
+    transformer: LensTransformer2DModel
+
+    @classmethod
+    def load(cls, model: str | os.PathLike, device: torch.device, text_dtype: torch.dtype) -> StartingPoint:
+        directory = model_dir(model)  # a folder, or a shipped model by name
+        index = read_model_index(directory)
+        return cls(name=index.get("name", directory.name),
+                   defaults=PipelineDefaults.from_dict(index.get("lensgen", {})),
+                   text_encoder=TextEncoder.from_pretrained(directory / "text_encoder", device=device,
+                                                            dtype=text_dtype),
+                   codec=LatentCodec.from_pretrained(directory / "vae", device=device),
+                   transformer=LensTransformer2DModel.from_pretrained(directory / "transformer").to(device).train())
+
+
 class LensPipeline:
     def __init__(
         self,
@@ -328,4 +352,4 @@ class LensPipeline:
 
 
 __all__ = ["DEFAULT_MODEL_DIR", "LensPipeline", "PipelineDefaults", "check_device", "check_sampling", "model_dir",
-           "read_defaults", "read_model_index", "shipped_models"]
+           "StartingPoint", "read_defaults", "read_model_index", "shipped_models"]

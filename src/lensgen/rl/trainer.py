@@ -25,11 +25,9 @@ from lensgen.data.rl_prompts.records import rubric_dict
 from lensgen.flow.sampler import sample as solve
 from lensgen.flow.schedule import sampling_sigmas
 from lensgen.images import to_pil
-from lensgen.inference.pipeline import LensPipeline, PipelineDefaults, model_dir, read_model_index
+from lensgen.inference.pipeline import LensPipeline, PipelineDefaults, StartingPoint
 from lensgen.io import atomic_write_bytes, atomic_write_json
-from lensgen.models.text_encoder import TextEncoder
 from lensgen.models.transformer import LensTransformer2DModel
-from lensgen.models.vae import LatentCodec
 from lensgen.rl import nft
 from lensgen.rl.batches import Job, PromptSampler, by_bucket, noise_seed, plan_jobs, rank_jobs
 from lensgen.rl.config import RLConfig, rl_config_to_dict
@@ -65,15 +63,11 @@ class NFTTrainer:
         self.device = self.info.device
         cuda = self.device.type == "cuda"
 
-        init = model_dir(config.model.init_from)  # a folder, or a shipped model by name
-        index = read_model_index(init)
-        self.base_defaults = PipelineDefaults.from_dict(index.get("lensgen", {}))
-        self.base_name = index.get("name", init.name)
         frozen_dtype = torch.bfloat16 if self.bf16 else torch.float32
-        self.text_encoder = TextEncoder.from_pretrained(init / "text_encoder", device=self.device, dtype=frozen_dtype)
+        start = StartingPoint.load(config.model.init_from, self.device, frozen_dtype)
+        self.base_defaults, self.base_name = start.defaults, start.name
+        self.text_encoder, self.codec, model = start.text_encoder, start.codec, start.transformer
         self.text = CachedTextEncoder(self.text_encoder)  # the prompt set is finite: encode each prompt once
-        self.codec = LatentCodec.from_pretrained(init / "vae", device=self.device)
-        model = LensTransformer2DModel.from_pretrained(init / "transformer").to(self.device).train()
         self.policy = PolicyModels(model, config.model.lora_rank, config.model.lora_alpha,
                                    with_reference=config.optim.kl_weight > 0)
         use_fsdp = parallelize(self.policy.model, config.system, self.info, self.bf16)
