@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lensgen.errors import UserError
+from lensgen.eval.shapes import SampleResult, combined_se, standard_errors
 from lensgen.shapes.evalset import TASKS
 
 
@@ -46,8 +47,7 @@ class Comparison:
 
     @property
     def overall_se(self) -> float | None:
-        ses = [t.se for t in self.tasks]
-        return None if any(s is None for s in ses) else float(np.sqrt(sum(s * s for s in ses)) / len(ses))
+        return combined_se([t.se for t in self.tasks])
 
 
 def load_scores(path: str | Path) -> dict[tuple[str, str, int], float]:
@@ -65,24 +65,18 @@ def load_scores(path: str | Path) -> dict[tuple[str, str, int], float]:
 
 
 def compare(a: dict[tuple[str, str, int], float], b: dict[tuple[str, str, int], float]) -> Comparison:
-    """B against A on the images both scored (same task, prompt and seed)."""
+    """B against A on the images both scored (same task, prompt and seed). The paired standard errors are
+    ShapesEval's own (`standard_errors`) taken over the per-image differences B - A."""
     common = sorted(a.keys() & b.keys())
     if not common:
         raise UserError("the two runs share no (task, prompt, seed): run both on the same prompts and seeds")
-    by_prompt: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    for key in common:
-        by_prompt.setdefault(key[0], {}).setdefault(key[1], []).append((a[key], b[key]))
+    diffs = [SampleResult(k[1], k[0], k[1], k[2], b[k] - a[k]) for k in common]  # (id, task, prompt, seed)
+    tasks_se, _ = standard_errors(diffs)
     rows = []
-    for task in sorted(by_prompt, key=lambda t: TASKS.index(t) if t in TASKS else len(TASKS)):
-        pairs = by_prompt[task].values()
-        a_mean = np.array([np.mean([x for x, _ in p]) for p in pairs])
-        b_mean = np.array([np.mean([y for _, y in p]) for p in pairs])
-        diffs = b_mean - a_mean
-        se = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else None
-        n_images = sum(len(p) for p in pairs)
-        scores = [pair for p in pairs for pair in p]
-        rows.append(TaskDifference(task, float(sum(x for x, _ in scores) / n_images),
-                                   float(sum(y for _, y in scores) / n_images), len(diffs), se))
+    for task in sorted(tasks_se, key=lambda t: TASKS.index(t) if t in TASKS else len(TASKS)):
+        keys = [k for k in common if k[0] == task]
+        rows.append(TaskDifference(task, float(np.mean([a[k] for k in keys])), float(np.mean([b[k] for k in keys])),
+                                   len({k[1] for k in keys}), tasks_se[task]))
     return Comparison(rows, len(common))
 
 

@@ -114,10 +114,14 @@ def standard_errors(samples: list[SampleResult]) -> tuple[dict[str, float | None
     for task, prompts in by_prompt.items():
         means = np.array([np.mean(v) for v in prompts.values()])
         per_task[task] = float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1 else None
-    values = list(per_task.values())
-    overall = (float(np.sqrt(sum(v * v for v in values)) / len(values))
-               if values and all(v is not None for v in values) else None)
-    return per_task, overall
+    return per_task, combined_se(list(per_task.values()))
+
+
+def combined_se(task_se: list[float | None]) -> float | None:
+    """The standard error of a mean over tasks, the tasks independent; None if any task has none."""
+    if not task_se or any(v is None for v in task_se):
+        return None
+    return float(np.sqrt(sum(v * v for v in task_se)) / len(task_se))
 
 
 def evaluate(generate: Generate, tasks: list[str] | None = None, n_per_prompt: int = 4, batch_size: int = 16,

@@ -164,6 +164,13 @@ def read_defaults(directory: str | os.PathLike) -> PipelineDefaults:
     return PipelineDefaults.from_dict(read_model_index(directory).get("lensgen", {}))
 
 
+def check_codec(directory: Path, defaults: PipelineDefaults, codec: LatentCodec) -> None:
+    """The folder's size rule must match its codec (a token side is the codec's pixels per latent)."""
+    if defaults.size_multiple not in (None, codec.spatial_factor):
+        raise UserError(f"{directory / MODEL_INDEX}: lensgen.size_multiple is {defaults.size_multiple} but "
+                        f"the codec in vae/ has {codec.spatial_factor} pixels per token side")
+
+
 @dataclass
 class StartingPoint:
     """What a post-training stage (RL, distillation) reads from the pipeline folder it starts from: the
@@ -180,11 +187,13 @@ class StartingPoint:
     def load(cls, model: str | os.PathLike, device: torch.device, text_dtype: torch.dtype) -> StartingPoint:
         directory = model_dir(model)  # a folder, or a shipped model by name
         index = read_model_index(directory)
-        return cls(name=index.get("name", directory.name),
-                   defaults=PipelineDefaults.from_dict(index.get("lensgen", {})),
+        defaults = PipelineDefaults.from_dict(index.get("lensgen", {}))
+        codec = LatentCodec.from_pretrained(directory / "vae", device=device)
+        check_codec(directory, defaults, codec)  # as LensPipeline.from_pretrained: before the big parts load
+        return cls(name=index.get("name", directory.name), defaults=defaults,
                    text_encoder=TextEncoder.from_pretrained(directory / "text_encoder", device=device,
                                                             dtype=text_dtype),
-                   codec=LatentCodec.from_pretrained(directory / "vae", device=device),
+                   codec=codec,
                    transformer=LensTransformer2DModel.from_pretrained(directory / "transformer").to(device).train())
 
 
@@ -245,9 +254,7 @@ class LensPipeline:
         transformer = LensTransformer2DModel.from_pretrained(directory / "transformer", device=device, dtype=dtype)
         codec = LatentCodec.from_pretrained(directory / "vae", device=device, dtype=dtype)
         text_encoder = TextEncoder.from_pretrained(directory / "text_encoder", device=device, dtype=dtype)
-        if defaults.size_multiple not in (None, codec.spatial_factor):
-            raise UserError(f"{directory / MODEL_INDEX}: lensgen.size_multiple is {defaults.size_multiple} but "
-                            f"the codec in vae/ has {codec.spatial_factor} pixels per token side")
+        check_codec(directory, defaults, codec)
         return cls(transformer, codec, text_encoder, defaults, name=index.get("name", directory.name))
 
     def save_pretrained(self, directory: str | os.PathLike, storage: str = "fp32") -> None:
@@ -352,4 +359,4 @@ class LensPipeline:
 
 
 __all__ = ["DEFAULT_MODEL_DIR", "LensPipeline", "PipelineDefaults", "check_device", "check_sampling", "model_dir",
-           "StartingPoint", "read_defaults", "read_model_index", "shipped_models"]
+           "StartingPoint", "check_codec", "read_defaults", "read_model_index", "shipped_models"]
