@@ -6,6 +6,7 @@ the chosen size with its settings and the rewritten prompt, and saves the screen
 """
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,16 @@ def chromium() -> str:
     return path
 
 
+def wait_until(page, expression: str, timeout_s: float = 120.0) -> None:
+    """Poll a JavaScript expression from Python until it is true. (`page.wait_for_function` polls with eval()
+    inside the page, which the page's CSP, `script-src 'self'`, forbids once the first check is false.)"""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still false after {timeout_s:g} s: {expression}")
+        time.sleep(0.05)
+
+
 def test_page_generates_an_image_in_headless_chromium(shipped_pipeline, tmp_path):
     torch.set_num_threads(1)
     app = create_app(ModelHost({"shapes-tiny": shipped_pipeline}), ServeConfig(max_wait_ms=0))
@@ -38,7 +49,7 @@ def test_page_generates_an_image_in_headless_chromium(shipped_pipeline, tmp_path
         failed = []
         page.on("requestfailed", lambda r: failed.append(r.url))
         page.goto(url)
-        page.wait_for_function("document.querySelectorAll('#size option').length > 0")
+        wait_until(page, "document.querySelectorAll('#size option').length > 0")
         assert page.inner_text("#server-status") == "1 model(s) ready"
         page.fill("#prompt", PROMPT)
         page.select_option("#size", "96x96")
@@ -47,8 +58,8 @@ def test_page_generates_an_image_in_headless_chromium(shipped_pipeline, tmp_path
         page.check("#use-reasoner")
         page.click("#generate")
         card = page.wait_for_selector(".card img", timeout=120_000)
-        page.wait_for_function("document.querySelector('.card img').complete && "
-                               "document.querySelector('.card img').naturalWidth > 0")
+        wait_until(page, "document.querySelector('.card img').complete && "
+                         "document.querySelector('.card img').naturalWidth > 0")
         assert card.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [96, 96]
         assert card.is_visible() and card.bounding_box()["width"] > 100
         settings = page.inner_text(".card")
