@@ -189,7 +189,7 @@ class StartingPoint:
         index = read_model_index(directory)
         defaults = PipelineDefaults.from_dict(index.get("lensgen", {}))
         codec = LatentCodec.from_pretrained(directory / "vae", device=device)
-        check_codec(directory, defaults, codec)  # as LensPipeline.from_pretrained: before the big parts load
+        check_codec(directory, defaults, codec)  # before the big parts load
         return cls(name=index.get("name", directory.name), defaults=defaults,
                    text_encoder=TextEncoder.from_pretrained(directory / "text_encoder", device=device,
                                                             dtype=text_dtype),
@@ -251,10 +251,10 @@ class LensPipeline:
         directory = model_dir(directory)
         index = read_model_index(directory)
         defaults = PipelineDefaults.from_dict(index.get("lensgen", {}))
-        transformer = LensTransformer2DModel.from_pretrained(directory / "transformer", device=device, dtype=dtype)
         codec = LatentCodec.from_pretrained(directory / "vae", device=device, dtype=dtype)
+        check_codec(directory, defaults, codec)  # before the big parts load
+        transformer = LensTransformer2DModel.from_pretrained(directory / "transformer", device=device, dtype=dtype)
         text_encoder = TextEncoder.from_pretrained(directory / "text_encoder", device=device, dtype=dtype)
-        check_codec(directory, defaults, codec)
         return cls(transformer, codec, text_encoder, defaults, name=index.get("name", directory.name))
 
     def save_pretrained(self, directory: str | os.PathLike, storage: str = "fp32") -> None:
