@@ -109,6 +109,21 @@ def test_failed_rewards_are_masked_out_of_the_loss(tmp_path, tiny_model, prompts
     assert metrics["policy_loss"] == metrics["policy_loss"]  # finite: no NaN from the failed scores
 
 
+def test_updates_per_step_splits_the_samples_into_that_many_optimiser_steps(tmp_path, tiny_model, prompts,
+                                                                             monkeypatch):
+    trainer = NFTTrainer(config(tmp_path, tiny_model, prompts, "two", 1, "data.images_per_prompt=4",
+                                "optim.updates_per_step=2"), progress=False)
+    shares = []
+    original = trainer._accumulate
+    monkeypatch.setattr(trainer, "_accumulate", lambda share, *a: shares.append(share) or original(share, *a))
+    metrics = trainer.rl_step()
+    ids = [[(s.job.slot, s.job.index) for s in share] for share in shares]
+    assert [len(i) for i in ids] == [4, 4] and len(set(ids[0] + ids[1])) == 8  # each sample trained once
+    assert metrics["trained"] == 8 and trainer.step == 1
+    steps = {float(trainer.optimizer.state[p]["step"]) for p in trainer.policy.trainable}
+    assert steps == {2.0}  # two Adam steps in one RL step
+
+
 def test_group_spread_metric_ignores_the_spread_between_prompts():
     from lensgen.rl.trainer import _group_spreads
 

@@ -2,15 +2,20 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from lensgen import cli
+from lensgen.train import checkpoint as ckpt
 from lensgen.train.config import load_config
+from lensgen.train.ema import EMA
+from lensgen.train.parallel import DistInfo
 from lensgen.train.trainer import Trainer
 
 TINY = """
@@ -166,3 +171,19 @@ def test_init_from_starts_the_model_and_ema_at_a_pipeline_folders_weights(tmp_pa
         assert torch.allclose(p.detach(), original, atol=float(original.abs().max()) / 100 + 1e-6), name
     trainer.run()
     assert len(losses(tmp_path / "run")) == 1
+
+
+def test_resume_finds_the_newest_complete_checkpoint_when_latest_is_gone(tmp_path):
+    """`latest` names a checkpoint removed by hand (or is missing): resuming takes the newest complete one
+    instead of silently starting again from step 0; a half-written .tmp never counts."""
+    model = torch.nn.Linear(3, 2)
+    optimizer, ema = torch.optim.AdamW(model.parameters()), EMA(model, 0.9)
+    for step in (5, 10, 15):
+        ckpt.save_checkpoint(tmp_path, step, model, optimizer, ema, {}, DistInfo(), keep=3)
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-00000015"
+    (tmp_path / "step-00000020.tmp").mkdir()  # a save that crashed
+    shutil.rmtree(tmp_path / "step-00000015")
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-00000010"
+    (tmp_path / "latest").unlink()
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-00000010"
+    assert ckpt.latest_checkpoint(tmp_path / "nothing-here") is None

@@ -48,12 +48,13 @@ class RLRewardConfig:
 
 @dataclass
 class RLOptimConfig:
-    steps: int = 200  # RL steps (one collection + one optimiser step each)
+    steps: int = 200  # RL steps (one collection + optim.updates_per_step optimiser steps each)
     lr: float = 3e-5
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     train_batch_size: int = 32  # samples per forward/backward
+    updates_per_step: int = 1  # optimiser steps per collection, each on its share of the samples (flow_grpo: 2)
     nft_beta: float = 1.0  # beta of the implicit policies
     adaptive_weight: bool = True  # the per-sample adaptive weighting of the x0 regression (as published)
     kl_weight: float = 1e-4  # pull to the reference (the pretrained model); 0 skips the reference pass
@@ -127,6 +128,7 @@ class RLConfig(Validated):
             (o.lr > 0, "optim.lr", "a positive number"),
             (len(o.betas) == 2, "optim.betas", "two numbers"),
             (o.train_batch_size >= 1, "optim.train_batch_size", "a positive integer"),
+            (o.updates_per_step >= 1, "optim.updates_per_step", "a positive integer"),
             (o.nft_beta > 0, "optim.nft_beta", "a positive number"),
             (o.kl_weight >= 0, "optim.kl_weight", "a number >= 0"),
             (o.adv_clip > 0, "optim.adv_clip", "a positive number"),

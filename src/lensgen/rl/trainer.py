@@ -4,8 +4,8 @@ One RL step: draw prompts; the old policy samples each prompt's group of images 
 deterministic solver (each sampler call one size; scoring of a batch runs in a thread while the next
 batch samples); rewards become group advantages (statistics over the whole group, gathered across
 ranks; a sample whose reward failed is left out); the policy trains with the NFT loss on the collected
-images at the sampler's own noise levels (one optimiser step); the evaluation EMA and the old policy
-follow. Checkpoints hold everything a resumed run needs, so stopping and resuming gives the same losses.
+images at the sampler's own noise levels (`optim.updates_per_step` optimiser steps); the evaluation EMA
+and the old policy follow. Checkpoints hold everything a resumed run needs, so stopping and resuming gives the same losses.
 """
 
 from __future__ import annotations
@@ -188,15 +188,49 @@ class NFTTrainer:
     # ---- one step: train --------------------------------------------------------------------------
 
     def train_on(self, samples: list[Sample]) -> dict:
-        """The NFT loss over every valid sample at the sampler's noise levels; one optimiser step."""
-        cfg, o = self.cfg, self.cfg.optim
+        """The NFT loss over every valid sample at the sampler's noise levels: `optim.updates_per_step`
+        optimiser steps, each on its share of the samples (drawn at random), then the EMA and the old policy
+        follow once."""
+        o = self.cfg.optim
         keep = [s for s in samples if s.valid]
+        if o.updates_per_step > 1:
+            order = torch.randperm(len(keep), generator=torch.Generator().manual_seed(
+                noise_seed(o.seed, self.step, -1, -1, 3))).tolist()
+            shares = [[keep[i] for i in order[u::o.updates_per_step]] for u in range(o.updates_per_step)]
+        else:
+            shares = [keep]
+        parts_sum: dict[str, float] = {}
+        count, grad_norms = 0, []
+        for share in shares:
+            if int(_all_reduce_sum(torch.tensor(len(share)), self.info)) == 0:
+                continue  # nothing to learn from anywhere: no optimiser step (Adam would still move)
+            count += self._accumulate(share, samples[:1], parts_sum)
+            for p in self.policy.trainable:
+                if p.grad is None:  # the last block's text MLP feeds nothing: a zero keeps the optimiser state fixed
+                    p.grad = torch.zeros_like(p)
+            grad_norms.append(float(full_tensor(torch.nn.utils.clip_grad_norm_(self.policy.trainable, o.grad_clip))))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.ema.update(self.policy.model, self.step)
+        eta = nft.old_policy_decay(self.step, o.old_decay_rate, o.old_decay_cap)
+        self.policy.update_old(eta)
+        keys = sorted(parts_sum)
+        sums = _all_reduce_sum(torch.tensor([parts_sum[k] for k in keys] + [count], dtype=torch.float64), self.info)
+        metrics = {k: float(v) / max(float(sums[-1]), 1.0) for k, v in zip(keys, sums[:-1])}
+        metrics.update(grad_norm=max(grad_norms, default=0.0), old_decay=eta,
+                       trained=int(_all_reduce_sum(torch.tensor(len(keep)), self.info)))
+        return metrics
+
+    def _accumulate(self, share: list[Sample], fallback: list[Sample], parts_sum: dict[str, float]) -> int:
+        """Backward of the NFT loss averaged over this share's samples and noise levels; adds the loss parts'
+        sample-weighted sums to parts_sum and returns how many (sample, level) pairs they cover."""
+        cfg, o = self.cfg, self.cfg.optim
         grid_levels = int(cfg.sample.steps * cfg.sample.timestep_fraction)
         levels = min(cfg.sample.train_levels or grid_levels, grid_levels)
-        batches = _padded(by_bucket(keep, lambda s: s.job.bucket, o.train_batch_size), self.info,
-                          fallback=samples[:1])
-        total = max(1, len(keep))
-        parts_sum: dict[str, float] = {}
+        batches = _padded(by_bucket(share, lambda s: s.job.bucket, o.train_batch_size), self.info,
+                          fallback=fallback)
+        total = max(1, len(share))
         count = 0
         for batch in batches:
             weight = 0.0 if getattr(batch, "dummy", False) else len(batch) / total / levels
@@ -226,22 +260,7 @@ class NFTTrainer:
                     for k, val in parts.items():
                         parts_sum[k] = parts_sum.get(k, 0.0) + float(val) * len(batch)
                     count += len(batch)
-        for p in self.policy.trainable:
-            if p.grad is None:  # the last block's text MLP feeds nothing: a zero keeps the optimiser state fixed
-                p.grad = torch.zeros_like(p)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.trainable, o.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        self.ema.update(self.policy.model, self.step)
-        eta = nft.old_policy_decay(self.step, o.old_decay_rate, o.old_decay_cap)
-        self.policy.update_old(eta)
-        keys = sorted(parts_sum)
-        sums = _all_reduce_sum(torch.tensor([parts_sum[k] for k in keys] + [count], dtype=torch.float64), self.info)
-        metrics = {k: float(v) / max(float(sums[-1]), 1.0) for k, v in zip(keys, sums[:-1])}
-        metrics.update(grad_norm=float(full_tensor(grad_norm)), old_decay=eta,
-                       trained=int(_all_reduce_sum(torch.tensor(len(keep)), self.info)))
-        return metrics
+        return count
 
     def rl_step(self) -> dict:
         cfg = self.cfg

@@ -87,11 +87,16 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
+    """The checkpoint `latest` names; where that file is missing or names a checkpoint that is gone (removed
+    by hand), the newest complete one, so that a resume never silently starts again from step 0."""
     pointer = Path(root) / "latest"
-    if not pointer.is_file():
-        return None
-    path = Path(root) / pointer.read_text().strip()
-    return path if (path / "meta.json").is_file() else None
+    if pointer.is_file():
+        path = Path(root) / pointer.read_text().strip()
+        if (path / "meta.json").is_file():
+            return path
+    complete = sorted(p for p in Path(root).glob("step-*")
+                      if not p.name.endswith(".tmp") and (p / "meta.json").is_file())
+    return complete[-1] if complete else None
 
 
 def load_checkpoint(path: Path, model, optimizer, ema, info: DistInfo, extra: dict[str, dict] | None = None) -> dict:
