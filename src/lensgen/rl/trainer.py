@@ -5,7 +5,8 @@ deterministic solver (each sampler call one size; scoring of a batch runs in a t
 batch samples); rewards become group advantages (statistics over the whole group, gathered across
 ranks; a sample whose reward failed is left out); the policy trains with the NFT loss on the collected
 images at the sampler's own noise levels (`optim.updates_per_step` optimiser steps); the evaluation EMA
-and the old policy follow. Checkpoints hold everything a resumed run needs, so stopping and resuming gives the same losses.
+and the old policy follow. Checkpoints hold everything a resumed run needs, so stopping and resuming gives
+the same losses.
 """
 
 from __future__ import annotations
