@@ -32,6 +32,65 @@ class JSONHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+class CountingServer:
+    """A threading test server that counts the requests in flight at once (`max_inflight`).
+
+    The first request waits, at most `hold_s`, for a second one to arrive: a client that sends
+    concurrently is then seen doing so however the two cores schedule its threads (without the wait a
+    busy machine can serialise them and a correct client reads as serial), while a serial client still
+    leaves `max_inflight` at 1. `hold_s` stays below the clients' 0.3 s timeout in the tests.
+    Subclasses set their own state, call `super().__init__()` and implement `handle`.
+    """
+
+    def __init__(self, hold_s: float = 0.15):
+        self.inflight = self.max_inflight = self.requests = 0
+        self.hold_s = hold_s
+        self._count_lock = threading.Lock()
+        self._overlap = threading.Event()
+        outer = self
+
+        class Handler(JSONHandler):
+            def do_POST(self):
+                outer.count(self)
+                try:
+                    outer.handle(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client timed out and hung up
+                finally:
+                    outer.uncount(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def count(self, h):
+        with self._count_lock:
+            self.inflight += 1
+            self.requests += 1
+            self.max_inflight = max(self.max_inflight, self.inflight)
+            first = self.requests == 1
+            if self.inflight > 1:
+                self._overlap.set()
+        h.counted = True
+        if first:
+            self._overlap.wait(self.hold_s)
+
+    def uncount(self, h):
+        """Stop counting `h` as in flight (also for a handler that sleeps past the client's timeout)."""
+        with self._count_lock:
+            if h.counted:
+                self.inflight -= 1
+                h.counted = False
+
+    def handle(self, h):
+        raise NotImplementedError
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 class ChatServer:
 
     def __init__(self):

@@ -8,12 +8,11 @@ import logging
 import threading
 import time
 from collections import Counter
-from http.server import ThreadingHTTPServer
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from chat_server import JSONHandler
+from chat_server import CountingServer
 from PIL import Image
 
 import lensgen.cli
@@ -41,37 +40,12 @@ def image_for(n: int) -> bytes:
     return buf.getvalue()
 
 
-class Server:
+class Server(CountingServer):
     def __init__(self):
         self.lock = threading.Lock()
         self.calls: Counter = Counter()
-        self.inflight = self.max_inflight = 0
         self.unauthorised = 0
-        outer = self
-
-        class Handler(JSONHandler):
-            def do_POST(self):
-                with outer.lock:
-                    outer.inflight += 1
-                    outer.max_inflight = max(outer.max_inflight, outer.inflight)
-                self.counted = True
-                try:
-                    outer.handle(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client timed out and hung up
-                finally:
-                    outer.uncount(self)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def uncount(self, h):
-        with self.lock:
-            if h.counted:
-                self.inflight -= 1
-                h.counted = False
+        super().__init__()
 
     def handle(self, h):
         body = json.loads(h.rfile.read(int(h.headers["Content-Length"])))
@@ -110,9 +84,6 @@ class Server:
             ok["choices"][0]["message"]["content"] = "A coloured rectangle."
         return h.reply(200, ok)
 
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture

@@ -7,11 +7,10 @@ import re
 import threading
 import time
 from collections import Counter
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from chat_server import JSONHandler
+from chat_server import CountingServer
 
 import lensgen.cli
 from lensgen.data.rl_prompts import grammar, llm
@@ -285,36 +284,12 @@ HELDOUT_PROMPT = "a photo of a black circle and a purple heart"  # a ShapesEval 
 SHARED_PROMPT = "two dogs and a cat share one sunny garden bench"
 
 
-class Server:
+class Server(CountingServer):
     def __init__(self):
         self.lock = threading.Lock()
         self.calls: Counter = Counter()
-        self.inflight = self.max_inflight = self.unauthorised = 0
-        outer = self
-
-        class Handler(JSONHandler):
-            def do_POST(self):
-                with outer.lock:
-                    outer.inflight += 1
-                    outer.max_inflight = max(outer.max_inflight, outer.inflight)
-                self.counted = True
-                try:
-                    outer.handle(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client timed out and hung up
-                finally:
-                    outer.uncount(self)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def uncount(self, h):
-        with self.lock:
-            if h.counted:
-                self.inflight -= 1
-                h.counted = False
+        self.unauthorised = 0
+        super().__init__()
 
     def handle(self, h):
         body = json.loads(h.rfile.read(int(h.headers["Content-Length"])))
@@ -356,9 +331,6 @@ class Server:
         return h.reply(200, {"id": "x", "object": "chat.completion", "model": body["model"], "choices": [
             {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]})
 
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture

@@ -9,12 +9,11 @@ import math
 import threading
 import time
 from collections import Counter
-from http.server import ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import torch
-from chat_server import JSONHandler
+from chat_server import CountingServer
 from PIL import Image
 
 from lensgen.data.caption.client import TransientError
@@ -161,39 +160,14 @@ def global_score(n: int) -> float:
     return 0.5 if n % 2 else 1.0
 
 
-class JudgeServer:
+class JudgeServer(CountingServer):
     def __init__(self):
         self.lock = threading.Lock()
         self.calls: Counter = Counter()
-        self.inflight = self.max_inflight = 0
         self.unauthorised = 0
         self.retry_after = "0"  # what a 429 asks the client to wait
         self.problems: list[str] = []  # what the server found wrong in a request (the tests want none)
-        outer = self
-
-        class Handler(JSONHandler):
-            def do_POST(self):
-                with outer.lock:
-                    outer.inflight += 1
-                    outer.max_inflight = max(outer.max_inflight, outer.inflight)
-                self.counted = True
-                try:
-                    outer.handle(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client timed out and hung up
-                finally:
-                    outer.uncount(self)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def uncount(self, h):
-        with self.lock:
-            if h.counted:
-                self.inflight -= 1
-                h.counted = False
+        super().__init__()
 
     def check(self, ok: bool, what: str):
         if not ok:
@@ -255,9 +229,6 @@ class JudgeServer:
         return h.reply(200, {"id": "x", "object": "chat.completion", "model": body["model"], "choices": [
             {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]})
 
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
