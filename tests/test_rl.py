@@ -15,6 +15,8 @@ from lensgen import cli
 from lensgen.data.rl_prompts import load_rl_prompts
 from lensgen.data.rl_prompts.grammar import generate_shapes_prompts
 from lensgen.data.rl_prompts.records import write_rl_prompts
+from lensgen.errors import UserError
+from lensgen.flow.sampler import guided_velocity
 from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, LensPipeline, PipelineDefaults
 from lensgen.models.text_encoder import build_text_encoder
 from lensgen.models.transformer import LensTransformer2DModel, preset
@@ -122,6 +124,51 @@ def test_updates_per_step_splits_the_samples_into_that_many_optimiser_steps(tmp_
     assert metrics["trained"] == 8 and trainer.step == 1
     steps = {float(trainer.optimizer.state[p]["step"]) for p in trainer.policy.trainable}
     assert steps == {2.0}  # two Adam steps in one RL step
+
+
+def _random_pipeline(path: Path, seed: int, num_layers: int = 1) -> Path:
+    torch.manual_seed(seed)
+    transformer = LensTransformer2DModel(replace(preset("shapes-tiny"), num_layers=num_layers, num_attention_heads=1))
+    LensPipeline(transformer, build_codec({"backend": "flux2-vae"}), build_text_encoder({"backend": "minilm"}),
+                 PipelineDefaults(height=32, width=32, steps=3, cfg=1.0, max_side=128, schedule="train"),
+                 name=f"random {seed}").save_pretrained(path)
+    return path
+
+
+def test_kl_pulls_toward_another_models_guided_velocity(tmp_path, tiny_model, prompts):
+    """model.reference_from and optim.kl_guidance: the KL target is the other model's CFG velocity, exactly
+    as the sampler guides (the empty prompt as the unconditional); by default the policy's own start."""
+    other = _random_pipeline(tmp_path / "other", seed=1)
+    guided = NFTTrainer(config(tmp_path, tiny_model, prompts, "guided", 1, f"model.reference_from={other}",
+                               "optim.kl_guidance=3.0", "optim.kl_weight=1.0"), progress=False)
+    plain = NFTTrainer(config(tmp_path, tiny_model, prompts, "plain", 1), progress=False)
+    texts = ["a photo of a red circle", "two blue squares"]
+    feats, mask = guided._features(texts)
+    empty, empty_mask = guided._features(["", ""])
+    grid = (4, 6)
+    x_t = torch.randn(2, 24, guided.codec.token_channels, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.3, 0.8])
+    reference = LensTransformer2DModel.from_pretrained(other / "transformer").eval()
+    with torch.no_grad():
+        expected = guided_velocity(reference(x_t, feats, sigma, grid, mask), reference(x_t, empty, sigma, grid,
+                                                                                       empty_mask), 3.0)
+        own = plain.policy(x_t, feats, sigma, grid, mask)
+    assert torch.allclose(guided.reference_velocity(x_t, feats, mask, sigma, grid), expected, atol=1e-5)
+    assert not torch.allclose(expected, reference(x_t, feats, sigma, grid, mask), atol=1e-3)  # guidance acts
+    assert torch.allclose(plain.reference_velocity(x_t, feats, mask, sigma, grid), own, atol=1e-6)
+    metrics = guided.rl_step()
+    assert metrics["kl"] > 1e-4  # the policy is not the reference: the pull is live from the first step
+
+
+def test_reference_from_refuses_lora_and_another_architecture(tmp_path, tiny_model, prompts):
+    other = _random_pipeline(tmp_path / "deeper", seed=1, num_layers=2)
+    with pytest.raises(UserError, match=r"num_layers 2 \(the policy: 1\)"):
+        NFTTrainer(config(tmp_path, tiny_model, prompts, "deeper", 1, f"model.reference_from={other}",
+                          "optim.kl_weight=1.0"), progress=False)
+    with pytest.raises(UserError, match="model.reference_from"):
+        config(tmp_path, tiny_model, prompts, "lora", 1, f"model.reference_from={tiny_model}", "model.lora_rank=4")
+    with pytest.raises(UserError, match="optim.kl_guidance"):
+        config(tmp_path, tiny_model, prompts, "nokl", 1, "optim.kl_guidance=3.0", "optim.kl_weight=0")
 
 
 def test_group_spread_metric_ignores_the_spread_between_prompts():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,9 @@ class RLModelConfig:
     init_from: str = "src/lensgen/assets/shapes-tiny"  # the pretrained pipeline folder RL starts from (and the KL reference)
     lora_rank: int = 0  # 0: full fine-tuning; > 0: LoRA adapters (peft) of this rank on the attention and MLP linears
     lora_alpha: float = 0.0  # 0: the rank (scale 1)
+    # the pipeline folder whose transformer the KL term pulls toward (full fine-tuning; same architecture);
+    # empty: init_from. E.g. RL from an earlier RL model while the pull stays on the pretrained one.
+    reference_from: str = ""
 
 
 @dataclass
@@ -58,6 +62,9 @@ class RLOptimConfig:
     nft_beta: float = 1.0  # beta of the implicit policies
     adaptive_weight: bool = True  # the per-sample adaptive weighting of the x0 regression (as published)
     kl_weight: float = 1e-4  # pull to the reference (the pretrained model); 0 skips the reference pass
+    # CFG scale of what the KL term pulls toward: the reference's velocity guided with the empty prompt (the
+    # sampler's CFG), which distils guidance into the CFG-free policy; 1: the conditional velocity (one pass)
+    kl_guidance: float = 1.0
     adv_clip: float = 5.0
     advantage_std: str = "global"  # divide by the std of all rewards (as published) or "group": each group's own
     old_decay_rate: float = 0.001  # eta = min(rate * step, cap)
@@ -131,6 +138,14 @@ class RLConfig(Validated):
             (o.updates_per_step >= 1, "optim.updates_per_step", "a positive integer"),
             (o.nft_beta > 0, "optim.nft_beta", "a positive number"),
             (o.kl_weight >= 0, "optim.kl_weight", "a number >= 0"),
+            (math.isfinite(o.kl_guidance) and o.kl_guidance >= 0, "optim.kl_guidance",
+             "a CFG scale >= 0 (1: the reference's conditional velocity)"),
+            (o.kl_guidance == 1 or o.kl_weight > 0, "optim.kl_guidance",
+             "1 while optim.kl_weight is 0 (the guided reference only enters the KL term)"),
+            (not self.model.reference_from or self.model.lora_rank == 0, "model.reference_from",
+             "empty with LoRA (model.lora_rank > 0: the reference is the base under the adapters)"),
+            (not self.model.reference_from or o.kl_weight > 0, "model.reference_from",
+             "empty while optim.kl_weight is 0 (the reference only enters the KL term)"),
             (o.adv_clip > 0, "optim.adv_clip", "a positive number"),
             (o.advantage_std in ADVANTAGE_SCALES, "optim.advantage_std", " or ".join(ADVANTAGE_SCALES)),
             (0 <= o.old_decay_cap < 1 and o.old_decay_rate >= 0, "optim.old_decay_cap",

@@ -42,9 +42,12 @@ class PolicyModels:
     """Forward passes of the policy (with gradient), the old policy and the reference (without)."""
 
     def __init__(self, model: LensTransformer2DModel, lora_rank: int = 0, lora_alpha: float = 0.0,
-                 with_reference: bool = True):
+                 with_reference: bool = True, reference: LensTransformer2DModel | None = None):
+        """reference: the transformer the KL term pulls toward (full fine-tuning; default a copy of `model`)."""
         self.lora = lora_rank > 0
         self.model = model
+        if self.lora and reference is not None:
+            raise ValueError("with LoRA the reference is the base model under the adapters; no other can be given")
         if self.lora:
             model.requires_grad_(False)
             add_lora(model, lora_rank, lora_alpha)
@@ -52,7 +55,9 @@ class PolicyModels:
             self.old_module, self.reference = None, None
         else:
             self.old_module = copy.deepcopy(model).requires_grad_(False).eval()
-            self.reference = copy.deepcopy(model).requires_grad_(False).eval() if with_reference else None
+            if reference is None and with_reference:
+                reference = copy.deepcopy(model)
+            self.reference = reference.requires_grad_(False).eval() if with_reference else None
         self.with_reference = with_reference
         self.refresh_parameters()
 

@@ -23,10 +23,12 @@ from tqdm.auto import tqdm
 from lensgen.data.buckets import BucketTable
 from lensgen.data.rl_prompts import load_rl_prompts
 from lensgen.data.rl_prompts.records import rubric_dict
+from lensgen.errors import UserError
+from lensgen.flow.sampler import guided_velocity
 from lensgen.flow.sampler import sample as solve
 from lensgen.flow.schedule import sampling_sigmas
 from lensgen.images import to_pil
-from lensgen.inference.pipeline import LensPipeline, PipelineDefaults, StartingPoint
+from lensgen.inference.pipeline import LensPipeline, PipelineDefaults, StartingPoint, model_dir
 from lensgen.io import atomic_write_bytes, atomic_write_json
 from lensgen.models.transformer import LensTransformer2DModel
 from lensgen.rl import nft
@@ -69,8 +71,10 @@ class NFTTrainer:
         self.base_defaults, self.base_name = start.defaults, start.name
         self.text_encoder, self.codec, model = start.text_encoder, start.codec, start.transformer
         self.text = CachedTextEncoder(self.text_encoder)  # the prompt set is finite: encode each prompt once
+        reference = _load_reference(config.model.reference_from, model, self.device) \
+            if config.model.reference_from else None
         self.policy = PolicyModels(model, config.model.lora_rank, config.model.lora_alpha,
-                                   with_reference=config.optim.kl_weight > 0)
+                                   with_reference=config.optim.kl_weight > 0, reference=reference)
         use_fsdp = parallelize(self.policy.model, config.system, self.info, self.bf16)
         if use_fsdp:
             for frozen in self.policy.frozen_modules():
@@ -250,10 +254,9 @@ class NFTTrainer:
                 x_t = (1 - s_) * x0 + s_ * eps
                 with self.autocast:
                     v_old = self.policy.old(x_t, feats, sigma, grid, mask).float()
-                    v_ref = self.policy.ref(x_t, feats, sigma, grid, mask)
+                    v_ref = self.reference_velocity(x_t, feats, mask, sigma, grid)
                     v = self.policy(x_t, feats, sigma, grid, mask).float()
-                loss, parts = nft.nft_loss(v, v_old, x_t, x0, sigma, r, beta=o.nft_beta,
-                                           v_ref=None if v_ref is None else v_ref.float(),
+                loss, parts = nft.nft_loss(v, v_old, x_t, x0, sigma, r, beta=o.nft_beta, v_ref=v_ref,
                                            kl_weight=o.kl_weight, adv_clip=o.adv_clip,
                                            adaptive=o.adaptive_weight)
                 (loss * weight).backward()
@@ -262,6 +265,20 @@ class NFTTrainer:
                         parts_sum[k] = parts_sum.get(k, 0.0) + float(val) * len(batch)
                     count += len(batch)
         return count
+
+    @torch.no_grad()
+    def reference_velocity(self, x_t: torch.Tensor, feats: torch.Tensor, mask: torch.Tensor, sigma: torch.Tensor,
+                           grid: tuple[int, int]) -> torch.Tensor | None:
+        """What the KL term pulls toward (None without one): the reference's velocity, guided as the sampler
+        guides (`guided_velocity`, the empty prompt as the unconditional) when `optim.kl_guidance` is not 1,
+        so that the CFG-free policy learns what the reference draws with CFG."""
+        v = self.policy.ref(x_t, feats, sigma, grid, mask)
+        scale = self.cfg.optim.kl_guidance
+        if v is None or scale == 1:
+            return None if v is None else v.float()
+        empty, empty_mask = self._features([""] * len(x_t))
+        v_uncond = self.policy.ref(x_t, empty, sigma, grid, empty_mask)
+        return guided_velocity(v.float(), v_uncond.float(), scale)
 
     def rl_step(self) -> dict:
         cfg = self.cfg
@@ -461,3 +478,15 @@ def _gather_rows(rows: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 
 __all__ = ["NFTTrainer", "Sample"]
+
+
+def _load_reference(folder: str, model: LensTransformer2DModel, device: torch.device) -> LensTransformer2DModel:
+    """The transformer of the pipeline folder `model.reference_from`, in fp32 like the policy; it must be the
+    policy's architecture (it reads the same text features and latents)."""
+    reference = LensTransformer2DModel.from_pretrained(model_dir(folder) / "transformer")
+    ours, theirs = model.config.to_dict(), reference.config.to_dict()
+    different = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    if different:
+        fields = ", ".join(f"{k} {theirs.get(k)!r} (the policy: {ours.get(k)!r})" for k in different)
+        raise UserError(f"model.reference_from: {model_dir(folder) / 'transformer'} is another architecture: {fields}")
+    return reference.to(device).float()
