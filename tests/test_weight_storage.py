@@ -16,11 +16,41 @@ def test_int8_rows_round_trip_within_half_a_step():
     step = state["w"].abs().amax(1, keepdim=True) / 127
     assert torch.all((back["w"] - state["w"]).abs() <= step / 2 + 1e-7)  # each row keeps its own scale
     assert torch.equal(back["b"], state["b"]) and set(back) == {"w", "b"}
-    with pytest.raises(ValueError, match="int8"):
-        pack_state_dict(state, "int4")
+    with pytest.raises(ValueError, match="int8, int4"):
+        pack_state_dict(state, "int2")
 
 
-@pytest.mark.parametrize("storage,max_ratio,atol", [("fp32", 1.0, 0.0), ("bf16", 0.51, 0.05), ("int8", 0.3, 0.05)])
+def test_int4_groups_round_trip_within_half_a_step_also_for_a_ragged_last_group():
+    torch.manual_seed(0)
+    w = torch.randn(48, 682) * torch.logspace(-3, 1, 48)[:, None]  # 682 = 10 groups of 64 and one of 42
+    packed = pack_state_dict({"w": w, "b": torch.randn(48)}, "int4")
+    assert packed["w"].dtype == torch.uint8 and packed["w"].shape == (48, 352)  # 704 columns, two per byte
+    assert packed["w.int4_scale"].shape == (48, 11, 2) and packed["b"].dtype == torch.float32
+    back = unpack_state_dict(packed)["w"]
+    assert back.shape == w.shape and back.dtype == torch.float32
+    for g in range(11):
+        cols = w[:, 64 * g:64 * (g + 1)]
+        step = (cols.amax(1) - cols.amin(1)) / 15  # each group keeps its own step and minimum
+        error = (back[:, 64 * g:64 * (g + 1)] - cols).abs().amax(1)
+        assert torch.all(error <= 0.51 * step + 1e-7), g
+
+
+def test_int4_export_loads_one_tensor_at_a_time_as_from_pretrained_does(tmp_path):
+    from lensgen.train.materialize import load_shards
+
+    torch.manual_seed(0)
+    model = LensTransformer2DModel(preset("shapes-tiny")).eval()
+    model.save_pretrained(tmp_path, storage="int4")
+    whole = LensTransformer2DModel.from_pretrained(tmp_path)
+    torch.manual_seed(1)
+    one_by_one = LensTransformer2DModel(preset("shapes-tiny"))
+    load_shards(one_by_one, tmp_path)
+    for (name, a), b in zip(whole.state_dict().items(), one_by_one.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("storage,max_ratio,atol", [("fp32", 1.0, 0.0), ("bf16", 0.51, 0.05), ("int8", 0.3, 0.05),
+                                                     ("int4", 0.15, 0.05)])
 def test_transformer_folders_in_each_storage(tmp_path, storage, max_ratio, atol):
     torch.manual_seed(0)
     model = LensTransformer2DModel(preset("shapes-tiny")).eval()

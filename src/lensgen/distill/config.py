@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lensgen.config import Validated, load_config
 from lensgen.data.sources import SOURCES
+from lensgen.models.weight_storage import STORAGES
 
 
 @dataclass
@@ -83,7 +84,7 @@ class DistillLogConfig:
 class DistillCheckpointConfig:
     every: int = 50
     keep: int = 2
-    export_storage: str = "fp32"  # fp32 | bf16 | int8
+    export_storage: str = "fp32"  # fp32 | bf16 | int8 | int4 (models/weight_storage.py)
 
 
 @dataclass
@@ -128,8 +129,8 @@ class DistillConfig(Validated):
             (self.system.precision in ("auto", "fp32", "bf16"), "system.precision", "auto, fp32 or bf16"),
             (self.system.fsdp in ("auto", True, False), "system.fsdp", "auto, true or false"),
             (self.checkpoint.every >= 1, "checkpoint.every", "a positive integer"),
-            (self.checkpoint.export_storage in ("fp32", "bf16", "int8"), "checkpoint.export_storage",
-             "fp32, bf16 or int8"),
+            (self.checkpoint.export_storage in STORAGES, "checkpoint.export_storage",
+             ", ".join(STORAGES)),
         ]
 
 

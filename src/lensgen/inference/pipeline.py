@@ -258,7 +258,7 @@ class LensPipeline:
         return cls(transformer, codec, text_encoder, defaults, name=index.get("name", directory.name))
 
     def save_pretrained(self, directory: str | os.PathLike, storage: str = "fp32") -> None:
-        """The folder `from_pretrained` reads; `storage` is the transformer's weight format (fp32, bf16, int8)."""
+        """The folder `from_pretrained` reads; `storage` is the transformer's weight format (fp32, bf16, int8, int4)."""
         from lensgen.io import atomic_write_json
 
         directory = Path(directory)

@@ -321,7 +321,7 @@ class LensTransformer2DModel(nn.Module):
     # ---- diffusers-style folders -------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike, storage: str = "fp32") -> None:
-        """config.json + safetensors; `storage` fp32, bf16 or int8 (per-row scales; see weight_storage)."""
+        """config.json + safetensors; `storage` fp32, bf16, int8 (per-row scales) or int4 (see weight_storage)."""
         from safetensors.torch import save
 
         from lensgen.io import atomic_open, atomic_write_json
@@ -364,7 +364,7 @@ class LensTransformer2DModel(nn.Module):
         tensors = {}
         for name in files:
             tensors.update(load_file(str(directory / name), device=str(device or "cpu")))
-        # float32 unless asked otherwise (bf16 is far slower on CPUs); int8-stored weights are dequantized
+        # float32 unless asked otherwise (bf16 is far slower on CPUs); int8/int4-stored weights are dequantized
         state = unpack_state_dict(tensors, dtype or torch.float32)
         missing = set(model.state_dict()) - set(state)
         unexpected = set(state) - set(model.state_dict())

@@ -11,6 +11,7 @@ from pathlib import Path
 from lensgen.config import Override, Validated
 from lensgen.config import load_config as load_typed_config
 from lensgen.flow.sampler import SOLVERS
+from lensgen.models.weight_storage import STORAGES
 from lensgen.rl.nft import ADVANTAGE_SCALES
 
 
@@ -98,7 +99,7 @@ class RLLogConfig:
 class RLCheckpointConfig:
     every: int = 10
     keep: int = 2
-    export_storage: str = "fp32"  # fp32 | bf16 | int8
+    export_storage: str = "fp32"  # fp32 | bf16 | int8 | int4 (models/weight_storage.py)
     export_steps: int = 20  # the exported pipeline's default sampler steps (CFG 1: no uncond pass)
 
 
@@ -157,8 +158,8 @@ class RLConfig(Validated):
             (self.system.reward_workers >= 1, "system.reward_workers", "a positive integer"),
             (self.checkpoint.every >= 1 and self.checkpoint.keep >= 1, "checkpoint.every",
              "positive every and keep"),
-            (self.checkpoint.export_storage in ("fp32", "bf16", "int8"), "checkpoint.export_storage",
-             "fp32, bf16 or int8"),
+            (self.checkpoint.export_storage in STORAGES, "checkpoint.export_storage",
+             ", ".join(STORAGES)),
         ]
 
 

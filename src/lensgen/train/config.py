@@ -15,6 +15,7 @@ from typing import Any
 
 from lensgen.config import Override, Validated
 from lensgen.config import load_config as load_typed_config
+from lensgen.models.weight_storage import STORAGES
 
 
 @dataclass
@@ -96,7 +97,7 @@ class LogConfig:
 class CheckpointConfig:
     every: int = 500
     keep: int = 2
-    export_storage: str = "fp32"  # weights of the exported pipeline: fp32 | bf16 | int8 (per-row scales)
+    export_storage: str = "fp32"  # weights of the exported pipeline: fp32 | bf16 | int8 (per-row scales) | int4
 
 
 @dataclass
@@ -148,8 +149,8 @@ class TrainConfig(Validated):
              "a positive TFLOP/s number or a device name (a100, h100, h800, h200)"),
             (self.checkpoint.every > 0, "checkpoint.every", "a positive integer"),
             (self.checkpoint.keep > 0, "checkpoint.keep", "a positive integer"),
-            (self.checkpoint.export_storage in ("fp32", "bf16", "int8"), "checkpoint.export_storage",
-             "fp32, bf16 or int8"),
+            (self.checkpoint.export_storage in STORAGES, "checkpoint.export_storage",
+             ", ".join(STORAGES)),
         ]
 
 

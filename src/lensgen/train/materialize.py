@@ -29,7 +29,7 @@ from lensgen.models.transformer import (
     LensTransformer2DModel,
     LensTransformerConfig,
 )
-from lensgen.models.weight_storage import SCALE_SUFFIX
+from lensgen.models.weight_storage import AUX_SUFFIXES, stored_tensor
 
 
 def meta_transformer(config: LensTransformerConfig) -> LensTransformer2DModel:
@@ -109,7 +109,7 @@ def _weight_files(directory: Path) -> dict[str, Path]:
 
 @torch.no_grad()
 def load_shards(model: nn.Module, directory: str | Path) -> None:
-    """Fill the parameters from a pipeline's transformer folder, reading one tensor at a time (int8-stored
+    """Fill the parameters from a pipeline's transformer folder, reading one tensor at a time (int8- and int4-stored
     weights dequantised as `from_pretrained` does), each rank keeping its own rows."""
     from safetensors import safe_open
 
@@ -118,15 +118,13 @@ def load_shards(model: nn.Module, directory: str | Path) -> None:
     files = _weight_files(directory)
     params = dict(model.named_parameters())
     missing = sorted(set(params) - set(files))
-    unexpected = sorted(n for n in set(files) - set(params) if not n.endswith(SCALE_SUFFIX))
+    unexpected = sorted(n for n in set(files) - set(params) if not n.endswith(AUX_SUFFIXES))
     if missing or unexpected:
         raise UserError(f"weights in {directory} do not match the config: missing {missing[:5]}, "
                         f"unexpected {unexpected[:5]}")
     for name, param in params.items():
         with safe_open(str(files[name]), "pt") as f:
-            value = f.get_tensor(name)
-            if name + SCALE_SUFFIX in f.keys():
-                value = value.float() * f.get_tensor(name + SCALE_SUFFIX).float()
+            value = stored_tensor(name, f.get_tensor, set(f.keys()).__contains__)
         _copy_into(param, value.float())
 
 
