@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lensgen",
         description="lensgen: the Lens text-to-image recipe: data curation and captioning, the Shapes world, "
-                    "mixed-resolution pretraining, inference and evaluation. Each command has its own --help.",
+                    "mixed-resolution pretraining, RL post-training, few-step distillation, inference, serving "
+                    "and evaluation. Each command has its own --help.",
     )
     from lensgen import __version__
 
