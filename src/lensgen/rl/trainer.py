@@ -477,9 +477,6 @@ def _gather_rows(rows: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return torch.cat([g[: int(n.item())] for g, n in zip(gathered, sizes)])
 
 
-__all__ = ["NFTTrainer", "Sample"]
-
-
 def _load_reference(folder: str, model: LensTransformer2DModel, device: torch.device) -> LensTransformer2DModel:
     """The transformer of the pipeline folder `model.reference_from`, in fp32 like the policy; it must be the
     policy's architecture (it reads the same text features and latents)."""
@@ -490,3 +487,7 @@ def _load_reference(folder: str, model: LensTransformer2DModel, device: torch.de
         fields = ", ".join(f"{k} {theirs.get(k)!r} (the policy: {ours.get(k)!r})" for k in different)
         raise UserError(f"model.reference_from: {model_dir(folder) / 'transformer'} is another architecture: {fields}")
     return reference.to(device).float()
+
+
+__all__ = ["NFTTrainer", "Sample"]
+
