@@ -85,7 +85,6 @@ class Server(CountingServer):
         return h.reply(200, ok)
 
 
-
 @pytest.fixture
 def server():
     s = Server()

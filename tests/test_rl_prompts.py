@@ -332,7 +332,6 @@ class Server(CountingServer):
             {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]})
 
 
-
 @pytest.fixture
 def server():
     s = Server()

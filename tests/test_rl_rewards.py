@@ -230,7 +230,6 @@ class JudgeServer(CountingServer):
             {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]})
 
 
-
 @pytest.fixture
 def server():
     s = JudgeServer()
