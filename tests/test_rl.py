@@ -154,6 +154,8 @@ def test_kl_pulls_toward_another_models_guided_velocity(tmp_path, tiny_model, pr
                                                                                        empty_mask), 3.0)
         own = plain.policy(x_t, feats, sigma, grid, mask)
     assert torch.allclose(guided.reference_velocity(x_t, feats, mask, sigma, grid), expected, atol=1e-5)
+    given = guided.reference_velocity(x_t, feats, mask, sigma, grid, (empty, empty_mask))  # as _accumulate calls it
+    assert torch.allclose(given, expected, atol=1e-5)
     assert not torch.allclose(expected, reference(x_t, feats, sigma, grid, mask), atol=1e-3)  # guidance acts
     assert torch.allclose(plain.reference_velocity(x_t, feats, mask, sigma, grid), own, atol=1e-6)
     metrics = guided.rl_step()

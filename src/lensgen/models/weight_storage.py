@@ -74,9 +74,9 @@ def _pack_int4(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     a step."""
     r, c = rows.shape
     width = -(-c // INT4_GROUP) * INT4_GROUP
-    groups = torch.nn.functional.pad(rows, (0, width - c)).view(r, width // INT4_GROUP, INT4_GROUP)
-    if width > c:  # the padding repeats the row's last value, so it never widens the last group's range
-        groups.view(r, width)[:, c:] = rows[:, -1:]
+    # the padding repeats the row's last value, so it never widens the last group's range
+    padded = torch.nn.functional.pad(rows, (0, width - c), mode="replicate") if width > c else rows
+    groups = padded.reshape(r, width // INT4_GROUP, INT4_GROUP)
     low = groups.amin(dim=-1, keepdim=True).half()
     step = ((groups.amax(dim=-1, keepdim=True) - low.float()) / 15).clamp_min(1e-8).half()
     levels = torch.round((groups - low.float()) / step.float()).clamp(0, 15).to(torch.uint8).view(r, width)

@@ -241,6 +241,7 @@ class NFTTrainer:
             weight = 0.0 if getattr(batch, "dummy", False) else len(batch) / total / levels
             grid = batch[0].grid
             feats, mask = self._features([self.prompts[s.job.prompt].prompt for s in batch])
+            uncond = self._features([""] * len(batch)) if o.kl_weight and o.kl_guidance != 1 else None
             x0 = torch.stack([s.tokens for s in batch]).to(self.device)
             r = nft.optimality(torch.tensor([s.advantage for s in batch]), o.adv_clip).to(self.device)
             sigmas = self.sigmas(grid, cfg.sample.steps)[:grid_levels].float()
@@ -254,7 +255,7 @@ class NFTTrainer:
                 x_t = (1 - s_) * x0 + s_ * eps
                 with self.autocast:
                     v_old = self.policy.old(x_t, feats, sigma, grid, mask).float()
-                    v_ref = self.reference_velocity(x_t, feats, mask, sigma, grid)
+                    v_ref = self.reference_velocity(x_t, feats, mask, sigma, grid, uncond)
                     v = self.policy(x_t, feats, sigma, grid, mask).float()
                 loss, parts = nft.nft_loss(v, v_old, x_t, x0, sigma, r, beta=o.nft_beta, v_ref=v_ref,
                                            kl_weight=o.kl_weight, adv_clip=o.adv_clip,
@@ -268,15 +269,17 @@ class NFTTrainer:
 
     @torch.no_grad()
     def reference_velocity(self, x_t: torch.Tensor, feats: torch.Tensor, mask: torch.Tensor, sigma: torch.Tensor,
-                           grid: tuple[int, int]) -> torch.Tensor | None:
+                           grid: tuple[int, int], uncond: tuple[torch.Tensor, torch.Tensor] | None = None,
+                           ) -> torch.Tensor | None:
         """What the KL term pulls toward (None without one): the reference's velocity, guided as the sampler
         guides (`guided_velocity`, the empty prompt as the unconditional) when `optim.kl_guidance` is not 1,
-        so that the CFG-free policy learns what the reference draws with CFG."""
+        so that the CFG-free policy learns what the reference draws with CFG. `uncond`: the empty prompt's
+        features and mask for this batch, if the caller already encoded them (one encode per micro-batch)."""
         v = self.policy.ref(x_t, feats, sigma, grid, mask)
         scale = self.cfg.optim.kl_guidance
         if v is None or scale == 1:
             return None if v is None else v.float()
-        empty, empty_mask = self._features([""] * len(x_t))
+        empty, empty_mask = uncond if uncond is not None else self._features([""] * len(x_t))
         v_uncond = self.policy.ref(x_t, empty, sigma, grid, empty_mask)
         return guided_velocity(v.float(), v_uncond.float(), scale)
 
