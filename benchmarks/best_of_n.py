@@ -11,7 +11,7 @@ over prompts) and the share of prompts with at least one fully correct image, fo
 
 or let it sample (same seeds as ShapesEval: image k of a prompt uses seed k):
 
-    python benchmarks/best_of_n.py --model src/lensgen/assets/shapes-tiny --n 16 --limit 12
+    python benchmarks/best_of_n.py --model shapes-tiny-base --n 16 --limit 12
 """
 
 from __future__ import annotations

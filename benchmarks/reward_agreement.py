@@ -6,7 +6,7 @@ twice: with the RL reward (the Shapes rubric, what training maximised) and with 
 well (>= 0.5) that the GenEval rule fails: if RL learnt to please the rubric without drawing what the
 prompt asks, that share grows from the pretrained model to the RL one.
 
-    python benchmarks/reward_agreement.py src/lensgen/assets/shapes-tiny runs/rl-shapes/final
+    python benchmarks/reward_agreement.py shapes-tiny-base runs/rl-shapes/final
 """
 
 from __future__ import annotations

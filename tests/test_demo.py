@@ -43,9 +43,10 @@ def test_loss_plot_includes_validation_points():
     assert loss_plot_png(metrics)[:4] == b"\x89PNG"
 
 
-def test_demo_samples_the_grid_again_with_a_turbo_model_and_times_both(tmp_path, monkeypatch):
+def test_demo_samples_the_grid_again_before_rl_and_with_a_turbo_model_and_times_each(tmp_path, monkeypatch):
     """--turbo: the same prompts and seeds from a few-step model (here the shipped weights with a 2-step,
-    CFG-free preset, as a distill export would have), both wall times and the passes per image."""
+    CFG-free preset, as a distill export would have), both wall times and the passes per image; and the
+    same again from the shipped model before RL."""
     from dataclasses import replace
 
     from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, LensPipeline
@@ -57,7 +58,13 @@ def test_demo_samples_the_grid_again_with_a_turbo_model_and_times_both(tmp_path,
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--train-steps", "0", "--turbo", str(tmp_path / "turbo")]) == 0
     page = (out / "index.html").read_text()
-    assert "2 transformer passes per image against the grid's 40" in page and "x</b> faster" in page
+    assert "2 transformer passes per image against the grid's 20" in page and "x</b> faster" in page
     for i, (prompt, size) in enumerate(DEMO_PROMPTS[:2]):
         text = Image.open(out / "images" / f"turbo-{i:02d}.png").text
         assert (text["prompt"], text["size"], text["seed"], text["steps"]) == (prompt, size, str(i), "2")
+    # before RL: the same grid from the pretrained model the shipped one was post-trained from, at its CFG
+    assert "Before RL" in page and "40 transformer passes per image against the grid's 20" in page
+    for i, (prompt, size) in enumerate(DEMO_PROMPTS[:2]):
+        text = Image.open(out / "images" / f"before-{i:02d}.png").text
+        assert (text["prompt"], text["size"], text["seed"]) == (prompt, size, str(i))
+        assert (text["model"], text["cfg"]) == ("shapes-tiny-base", "3.0")

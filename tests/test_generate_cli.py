@@ -113,7 +113,7 @@ def test_many_images_are_made_in_batches_and_written_as_each_batch_ends(fast, tm
     for i, name in enumerate(names):
         text = Image.open(tmp_path / name).text
         assert text["seed"] == str(10 + i) and text["size"] == "32x32" and text["steps"] == "1"
-        assert text["prompt"] == "a red circle" and text["negative_prompt"] == "" and text["cfg"] == "3.0"
+        assert text["prompt"] == "a red circle" and text["negative_prompt"] == "" and text["cfg"] == "1.0"
     captured = capsys.readouterr()
     assert captured.out.split() == [str(tmp_path / n) for n in names]
     assert "5/5" in captured.err and "img" in captured.err  # the progress bar counts images

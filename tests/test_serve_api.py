@@ -199,7 +199,7 @@ def test_models_health_and_page(server):
     models = requests.get(f"{server}/v1/models", timeout=10).json()
     assert models["object"] == "list" and models["reasoners"] == ["none", "shapes"]
     assert models["data"][0]["lensgen"] | {"description": ""} == {
-        "default_size": "64x64", "size_multiple": 8, "max_side": 224, "steps": 20, "cfg": 3.0, "description": ""}
+        "default_size": "64x64", "size_multiple": 8, "max_side": 224, "steps": 20, "cfg": 1.0, "description": ""}
     assert requests.get(f"{server}/healthz", timeout=10).json()["status"] == "ok"
     page = requests.get(f"{server}/", timeout=10)
     assert page.status_code == 200 and "default-src 'self'" in page.headers["Content-Security-Policy"]

@@ -178,7 +178,7 @@ def test_eval_save_images_from_a_model_records_its_settings(tmp_path):
                  "--n-per-prompt", "1", "--steps", "1", "--no-progress", "--out", str(out), "--save-images"]) == 0
     (entry,) = [json.loads(line) for line in (out / "images" / "index.jsonl").read_text().splitlines()]
     text = Image.open(out / "images" / entry["file"]).text
-    assert text["steps"] == "1" and text["cfg"] == "3.0" and text["model"] == str(DEFAULT_MODEL_DIR)
+    assert text["steps"] == "1" and text["cfg"] == "1.0" and text["model"] == str(DEFAULT_MODEL_DIR)
     assert text["score"] == str(entry["score"]) and text["id"] == entry["id"] == "single_object-000"
 
 

@@ -1,12 +1,13 @@
-"""The shipped Shapes model samples exactly as it did when it was trained and evaluated.
+"""The shipped Shapes models sample exactly as they did when they were evaluated.
 
-Its images for fixed prompts and seeds were recorded once (tests/data/shipped_model_images.safetensors);
-any change to the model code, the sampler, the schedule, the text encoder or the codec that moves them
-fails here. The bounds (images in [-1, 1]) sit between two measured effects. Float reordering on another
-CPU (an AMD EPYC against the recording machine) moved the base model's images by at most 4.6e-6 (mean
-1.9e-7) and the Turbo model's by at most 1.5e-5 (mean 2.2e-7: four large Euler steps amplify it); a QK-norm
-eps of 1e-6 instead of the 1e-5 the models were trained with moves them by at most 2.9e-5 (mean 9.2e-7) and
-4.2e-4 (mean 2.1e-6). Each check bounds both the largest and the mean difference.
+Their images for fixed prompts and seeds were recorded once (tests/data/shipped_*_images.safetensors); any
+change to the model code, the sampler, the schedule, the text encoder, the codec or the weight storage that
+moves them fails here. The bounds (images in [-1, 1]) sit between two measured effects. Float reordering on
+another CPU (an AMD EPYC against the recording machine) moved the pretrained model's images by at most
+4.6e-6 (mean 1.9e-7) and the Turbo model's by at most 1.5e-5 (mean 2.2e-7: four large Euler steps amplify
+it); a QK-norm eps of 1e-6 instead of the 1e-5 the models were trained with moves them by at most 2.9e-5
+(mean 9.2e-7), 3.8e-5 (mean 7.1e-7, the RL model) and 3.9e-4 (mean 1.9e-6, Turbo). Each check bounds both
+the largest and the mean difference.
 """
 
 from pathlib import Path
@@ -16,7 +17,8 @@ from safetensors.torch import load_file
 
 from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, LensPipeline
 
-RECORDED = Path(__file__).parent / "data" / "shipped_model_images.safetensors"
+RECORDED = Path(__file__).parent / "data" / "shipped_model_images.safetensors"  # shapes-tiny-base
+RL_RECORDED = Path(__file__).parent / "data" / "shipped_rl_images.safetensors"  # shapes-tiny, the default
 PROMPTS = ["a photo of a red circle", "two blue squares", "a yellow star to the left of a green triangle"]
 
 
@@ -27,13 +29,31 @@ def assert_as_recorded(got: torch.Tensor, want: torch.Tensor, max_abs: float, me
     assert mean <= mean_abs, f"mean difference {mean:.2e} > {mean_abs:.0e}"
 
 
-def test_shipped_model_images_for_fixed_seeds_are_unchanged():
-    expected = load_file(RECORDED)
-    pipe = LensPipeline.from_pretrained(DEFAULT_MODEL_DIR)
+def assert_square_and_wide_as_recorded(pipe: LensPipeline, recorded: Path) -> None:
+    expected = load_file(recorded)
     square = pipe(PROMPTS, height=64, width=64, seed=[0, 1, 2], output_type="pt")
     wide = pipe(["three purple hexagons"], height=48, width=96, seed=[7], output_type="pt")
     for got, want in ((square, expected["square"]), (wide, expected["wide"])):
         assert_as_recorded(got, want, max_abs=1.5e-5, mean_abs=5e-7)
+
+
+def test_pretrained_model_images_for_fixed_seeds_are_unchanged():
+    """shapes-tiny-base: the pretrained model (20 Euler steps, CFG 3), the RL reference and Turbo teacher."""
+    pipe = LensPipeline.from_pretrained("shapes-tiny-base")
+    assert (pipe.defaults.steps, pipe.defaults.cfg, pipe.defaults.solver) == (20, 3.0, "euler")
+    assert_square_and_wide_as_recorded(pipe, RECORDED)
+
+
+def test_default_model_is_the_rl_model_sampling_cfg_free_as_recorded():
+    """shapes-tiny: the RL model, stored as int4 differences to shapes-tiny-base; 20 DPM++ 2M steps at CFG 1,
+    one transformer pass per step."""
+    pipe = LensPipeline.from_pretrained(DEFAULT_MODEL_DIR)
+    assert DEFAULT_MODEL_DIR.name == "shapes-tiny"
+    assert (pipe.defaults.steps, pipe.defaults.cfg, pipe.defaults.solver) == (20, 1.0, "dpm2")
+    calls = []
+    pipe.transformer.register_forward_hook(lambda module, args, output: calls.append(output.shape[0]))
+    assert_square_and_wide_as_recorded(pipe, RL_RECORDED)
+    assert calls == [3] * 20 + [1] * 20
 
 
 TURBO_RECORDED = Path(__file__).parent / "data" / "shipped_turbo_images.safetensors"
@@ -52,6 +72,6 @@ def test_shipped_turbo_model_samples_in_four_cfg_free_steps_as_recorded():
 
 
 def test_shipped_models_fit_the_package_budget():
-    """Everything under lensgen/assets (the base and Turbo models) stays under 40 MB."""
+    """Everything under lensgen/assets (the RL, pretrained and Turbo models) stays under 40 MB."""
     total = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.parent.rglob("*") if p.is_file())
     assert total < 40e6, f"{total / 1e6:.1f} MB"

@@ -65,3 +65,41 @@ def test_transformer_folders_in_each_storage(tmp_path, storage, max_ratio, atol)
     with torch.no_grad():
         want, got = model(x, txt, sigma, (8, 8)), loaded(x, txt, sigma, (8, 8))
     torch.testing.assert_close(got, want, atol=atol, rtol=0)
+
+
+def test_a_tuned_model_stored_as_int4_differences_to_its_base_is_closer_than_whole_int8(tmp_path):
+    """The shipped RL and Turbo models are stored this way: base + int4(tuned - base), a quarter of fp32."""
+    import shutil
+
+    from lensgen.errors import UserError
+    from lensgen.train.materialize import load_shards
+
+    torch.manual_seed(0)
+    base = LensTransformer2DModel(preset("shapes-tiny")).eval()
+    base.save_pretrained(tmp_path / "base" / "transformer", storage="int8")
+    base = LensTransformer2DModel.from_pretrained(tmp_path / "base" / "transformer")
+    tuned = LensTransformer2DModel(preset("shapes-tiny")).eval()
+    with torch.no_grad():  # a few percent away from the base, as RL moves it
+        for p, b in zip(tuned.parameters(), base.parameters(), strict=True):
+            p.copy_(b + 0.03 * b.abs().mean() * torch.randn_like(b))
+    base_dir = tmp_path / "base" / "transformer"
+    tuned.save_pretrained(tmp_path / "tuned" / "transformer", storage="int4", delta_from=base_dir)
+    tuned.save_pretrained(tmp_path / "whole", storage="int8")
+    size = lambda d: (d / "diffusion_pytorch_model.safetensors").stat().st_size  # noqa: E731
+    assert size(tmp_path / "tuned" / "transformer") < 0.6 * size(tmp_path / "whole")
+
+    loaded = LensTransformer2DModel.from_pretrained(tmp_path / "tuned" / "transformer")
+    whole = LensTransformer2DModel.from_pretrained(tmp_path / "whole")
+    params = lambda m: [p.detach() for p in m.parameters()]  # noqa: E731
+    error = lambda m: sum(float((a - b).pow(2).sum()) for a, b in zip(params(m), params(tuned)))  # noqa: E731
+    assert 0 < error(loaded) < 0.5 * error(whole)
+    one_by_one = LensTransformer2DModel(preset("shapes-tiny"))
+    load_shards(one_by_one, tmp_path / "tuned" / "transformer")
+    for (name, a), b in zip(loaded.state_dict().items(), one_by_one.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+    with pytest.raises(UserError, match="must hold whole weights"):  # no chains of differences
+        tuned.save_pretrained(tmp_path / "again", delta_from=tmp_path / "tuned" / "transformer")
+    shutil.copytree(tmp_path / "tuned", tmp_path / "elsewhere" / "tuned")
+    with pytest.raises(UserError, match="does not exist: keep the two model folders side by side"):
+        LensTransformer2DModel.from_pretrained(tmp_path / "elsewhere" / "tuned" / "transformer")

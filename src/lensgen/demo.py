@@ -105,28 +105,33 @@ def trained_model_html(out: Path, export: Path) -> str:
 
 
 TURBO_MODEL = "shapes-tiny-turbo"  # the shipped 4-step student, shown beside the grid when the package has it
+BEFORE_RL_MODEL = "shapes-tiny-base"  # the pretrained model the shipped one was post-trained from
 
 
-def turbo_html(out: Path, turbo: str, base_pipe, base_seconds: float) -> str:
-    """The grid again from a few-step (Turbo) model, same prompts and seeds, with both wall times."""
+def beside_html(out: Path, other: str, base_pipe, base_seconds: float, prefix: str, what: str) -> str:
+    """The grid again from another model (`what` it is), same prompts and seeds, with both wall times and the
+    transformer passes per image."""
     from lensgen.inference.pipeline import LensPipeline
 
-    pipe = LensPipeline.from_pretrained(turbo)
-    print(f"sampling the same {len(DEMO_PROMPTS)} prompts with the Turbo model ({turbo}) ...")
+    pipe = LensPipeline.from_pretrained(other)
+    print(f"sampling the same {len(DEMO_PROMPTS)} prompts with {what} ({other}) ...")
     start = time.perf_counter()
-    cards = sample_cards(pipe, turbo, DEMO_PROMPTS, out, prefix="turbo-")
+    cards = sample_cards(pipe, other, DEMO_PROMPTS, out, prefix=prefix)
     seconds = time.perf_counter() - start
 
     def passes(p) -> int:
         return p.defaults.steps * (2 if p.defaults.cfg != 1.0 else 1)
 
+    speed = base_seconds / max(seconds, 1e-9)
+    ratio = f"<b>{speed:.1f}x</b> faster" if speed >= 1 else f"<b>{1 / speed:.1f}x</b> slower"
     return (f"<p>Model: {html.escape(pipe.name)}; {pipe.defaults.steps} steps, CFG {pipe.defaults.cfg} "
             f"({passes(pipe)} transformer passes per image against the grid's {passes(base_pipe)}). The same "
-            f"prompts and seeds in {seconds:.1f} s against {base_seconds:.1f} s: "
-            f"<b>{base_seconds / max(seconds, 1e-9):.1f}x</b> faster on this machine.</p>{''.join(cards)}")
+            f"prompts and seeds in {seconds:.1f} s against {base_seconds:.1f} s: {ratio} on this "
+            f"machine.</p>{''.join(cards)}")
 
 
-def run_demo(out: Path, model: str | None, train_steps: int, turbo: str | None = None) -> Path:
+def run_demo(out: Path, model: str | None, train_steps: int, turbo: str | None = None,
+             before: str | None = None) -> Path:
     from lensgen.inference.generate import load_pipeline
     from lensgen.inference.pipeline import shipped_models
     from lensgen.io import atomic_write_bytes, atomic_write_text
@@ -139,8 +144,12 @@ def run_demo(out: Path, model: str | None, train_steps: int, turbo: str | None =
     grid_s = time.perf_counter() - start
     if turbo is None and TURBO_MODEL in shipped_models():
         turbo = TURBO_MODEL
-    turbo_section = turbo_html(out, turbo, pipe, grid_s) if turbo else \
+    turbo_section = beside_html(out, turbo, pipe, grid_s, "turbo-", "the Turbo model") if turbo else \
         "<p>No Turbo model in this package; <code>--turbo DIR</code> shows a <code>lensgen distill</code> export.</p>"
+    if before is None and model is None and BEFORE_RL_MODEL in shipped_models():
+        before = BEFORE_RL_MODEL
+    before_section = beside_html(out, before, pipe, grid_s, "before-", "the model before RL") if before else \
+        "<p>No model before RL to compare with; <code>--before DIR</code> names one.</p>"
 
     train_html = "<p>Training skipped (--train-steps 0).</p>"
     if train_steps > 0:
@@ -168,6 +177,8 @@ figure img{{image-rendering:pixelated;border:1px solid #ccc}} figcaption{{max-wi
 <p>Model: {html.escape(pipe.name)}; {pipe.defaults.steps} steps, CFG {pipe.defaults.cfg}; eight prompts across
 aspect ratios, generated in {grid_s:.1f} s on this machine.</p>
 {"".join(cards)}
+<h2>Before RL: the same grid from the pretrained model</h2>
+{before_section}
 <h2>Turbo: the same grid in a few steps</h2>
 {turbo_section}
 <h2>Pretraining from scratch</h2>
@@ -179,7 +190,7 @@ aspect ratios, generated in {grid_s:.1f} s on this machine.</p>
 
 def cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    page = run_demo(Path(args.out), args.model, args.train_steps, args.turbo)
+    page = run_demo(Path(args.out), args.model, args.train_steps, args.turbo, args.before)
     print(f"wrote {page} in {time.perf_counter() - start:.0f} s")
     print("to make images from a web page: run `lensgen serve` and open http://127.0.0.1:8000/ "
           "(docs/serving.md)")
@@ -190,17 +201,20 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     d = groups[""].add_parser(
         "demo", help="the embedded demo: a generation grid and a short training run, as an HTML page",
         description="Generate a grid for eight prompts across aspect ratios with the default (shipped) model, "
-                    "train shapes-tiny from scratch for a few minutes, sample a few images from the model it "
-                    "exports, and write OUT/index.html with the images, prompts and loss plot.")
+                    "again with the model before RL and with the Turbo model (each timed), train shapes-tiny "
+                    "from scratch for a few minutes, sample a few images from the model it exports, and write "
+                    "OUT/index.html with the images, prompts and loss plot.")
     d.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
     d.add_argument("--model", help="model folder for the grid (default: the shipped model)")
     d.add_argument("--turbo", help="a few-step model (a `lensgen distill` export) to sample the grid again "
                                    f"beside the base, with both times (default: the shipped {TURBO_MODEL} if any)")
+    d.add_argument("--before", help="the model the grid's was post-trained from, to sample the grid again beside "
+                                    f"it (default with the shipped model: {BEFORE_RL_MODEL}, before RL)")
     d.add_argument("--train-steps", type=int, default=300,
                    help="steps of the from-scratch training run (default 300, about 3 minutes on 2 cores; "
                         "0 skips it)")
     d.set_defaults(func=cmd_demo)
 
 
-__all__ = ["DEMO_PROMPTS", "demo_train_config", "loss_plot_png", "run_demo", "sample_cards", "trained_model_html",
-           "turbo_html"]
+__all__ = ["DEMO_PROMPTS", "beside_html", "demo_train_config", "loss_plot_png", "run_demo", "sample_cards",
+           "trained_model_html"]

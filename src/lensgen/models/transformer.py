@@ -320,58 +320,92 @@ class LensTransformer2DModel(nn.Module):
 
     # ---- diffusers-style folders -------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | os.PathLike, storage: str = "fp32") -> None:
-        """config.json + safetensors; `storage` fp32, bf16, int8 (per-row scales) or int4 (see weight_storage)."""
+    def save_pretrained(self, directory: str | os.PathLike, storage: str = "fp32",
+                        delta_from: str | os.PathLike | None = None) -> None:
+        """config.json + safetensors; `storage` fp32, bf16, int8 (per-row scales) or int4 (see weight_storage).
+        With `delta_from` (the transformer folder of the model this one was tuned from) the file holds the
+        difference to that model's weights, and loading adds them back; the base must hold whole weights."""
         from safetensors.torch import save
 
         from lensgen.io import atomic_open, atomic_write_json
-        from lensgen.models.weight_storage import pack_state_dict
+        from lensgen.models.weight_storage import DELTA_KEY, pack_state_dict
 
         directory = Path(directory)
+        state = self.state_dict()
+        metadata = {"format": "pt", "lensgen_storage": storage}
+        if delta_from is not None:
+            base_dir = Path(delta_from)
+            base_config, base = _read_weights(base_dir, "cpu", as_base=True)
+            if base_config != self.config:
+                raise UserError(f"cannot store the difference to {base_dir}: its transformer config differs "
+                                f"from this model's")
+            state = {k: v.detach().float().cpu() - base[k] if v.is_floating_point() else v for k, v in state.items()}
+            metadata[DELTA_KEY] = os.path.relpath(base_dir.resolve(), directory.resolve())
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_json(directory / CONFIG_NAME, self.config.to_dict())
-        tensors = pack_state_dict(self.state_dict(), storage)
+        tensors = pack_state_dict(state, storage)
         with atomic_open(directory / WEIGHTS_NAME, "wb") as f:
-            f.write(save(tensors, metadata={"format": "pt", "lensgen_storage": storage}))
+            f.write(save(tensors, metadata=metadata))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device=None, dtype=None) -> LensTransformer2DModel:
-        """Load a folder with config.json and safetensors weights (single file or sharded with an index)."""
-        from safetensors.torch import load_file
-
-        from lensgen.models.weight_storage import unpack_state_dict
-
+        """Load a folder with config.json and safetensors weights (single file or sharded with an index; whole
+        weights, or the difference to another folder's as `save_pretrained(delta_from=...)` writes)."""
         directory = Path(directory)
-        config_path = directory / CONFIG_NAME
-        if not config_path.is_file():
-            raise UserError(f"no transformer config at {config_path}: expected a diffusers-style folder "
-                            f"with {CONFIG_NAME} and {WEIGHTS_NAME}")
-        try:
-            config = LensTransformerConfig.from_dict(json.loads(config_path.read_text()))
-            config.validate()
-        except (json.JSONDecodeError, TypeError, ValueError) as err:
-            raise UserError(f"malformed transformer config {config_path}: {err}") from None
-        if (directory / WEIGHTS_INDEX_NAME).is_file():
-            index = json.loads((directory / WEIGHTS_INDEX_NAME).read_text())
-            files = sorted(set(index["weight_map"].values()))
-        elif (directory / WEIGHTS_NAME).is_file():
-            files = [WEIGHTS_NAME]
-        else:
-            raise UserError(f"no transformer weights in {directory}: expected {WEIGHTS_NAME} "
-                            f"or {WEIGHTS_INDEX_NAME}")
+        config, state = _read_weights(directory, str(device or "cpu"))
         with torch.device("meta"):
             model = cls(config)
-        tensors = {}
-        for name in files:
-            tensors.update(load_file(str(directory / name), device=str(device or "cpu")))
-        # float32 unless asked otherwise (bf16 is far slower on CPUs); int8/int4-stored weights are dequantized
-        state = unpack_state_dict(tensors, dtype or torch.float32)
         missing = set(model.state_dict()) - set(state)
         unexpected = set(state) - set(model.state_dict())
         if missing or unexpected:
             raise UserError(f"weights in {directory} do not match the config: missing {sorted(missing)[:5]}, "
                             f"unexpected {sorted(unexpected)[:5]}")
+        # float32 unless asked otherwise (bf16 is far slower on CPUs)
+        state = {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in state.items()}
         model.load_state_dict(state, assign=True)
         if dtype is not None:
             model.to(dtype)
         return model.eval()
+
+
+def weight_files(directory: Path) -> list[str]:
+    """The safetensors files of a transformer folder (one file, or the shards an index names)."""
+    if (directory / WEIGHTS_INDEX_NAME).is_file():
+        index = json.loads((directory / WEIGHTS_INDEX_NAME).read_text())
+        return sorted(set(index["weight_map"].values()))
+    if (directory / WEIGHTS_NAME).is_file():
+        return [WEIGHTS_NAME]
+    raise UserError(f"no transformer weights in {directory}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}")
+
+
+def _read_weights(directory: Path, device: str, as_base: bool = False) -> tuple[LensTransformerConfig, dict]:
+    """A transformer folder's config and float32 state dict (int8/int4 dequantized, differences added to
+    their base's weights)."""
+    from safetensors.torch import load_file
+
+    from lensgen.models.weight_storage import delta_base, unpack_state_dict
+
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise UserError(f"no transformer config at {config_path}: expected a diffusers-style folder "
+                        f"with {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        config = LensTransformerConfig.from_dict(json.loads(config_path.read_text()))
+        config.validate()
+    except (json.JSONDecodeError, TypeError, ValueError) as err:
+        raise UserError(f"malformed transformer config {config_path}: {err}") from None
+    files = weight_files(directory)
+    tensors = {}
+    for name in files:
+        tensors.update(load_file(str(directory / name), device=device))
+    state = unpack_state_dict(tensors, torch.float32)
+    base_dir = delta_base(directory / files[0])
+    if base_dir is not None:
+        if as_base:
+            raise UserError(f"{directory} stores differences to {base_dir}, so it cannot be the base of another "
+                            f"folder's differences: the base must hold whole weights")
+        base_config, base = _read_weights(base_dir, device, as_base=True)
+        if base_config != config:
+            raise UserError(f"{directory} stores differences to {base_dir}, whose transformer config differs")
+        state = {k: base[k] + v if k in base and v.is_floating_point() else v for k, v in state.items()}
+    return config, state

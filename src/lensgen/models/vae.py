@@ -24,7 +24,7 @@ from lensgen.models.frozen import FrozenModule, quiet_progress_bars, read_compon
 
 CONFIG_NAME = "lensgen_codec.json"
 # The Shapes VAE (`lensgen train-vae`) shipped with the Shapes model: a flux2-vae codec without a path.
-SHAPES_VAE_DIR = Path(__file__).parents[1] / "assets" / "shapes-tiny" / "vae"
+SHAPES_VAE_DIR = Path(__file__).parents[1] / "assets" / "shapes-tiny-base" / "vae"
 
 
 def patchify(x: torch.Tensor, p: int = 2) -> torch.Tensor:

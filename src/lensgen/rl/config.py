@@ -17,7 +17,7 @@ from lensgen.rl.nft import ADVANTAGE_SCALES
 
 @dataclass
 class RLModelConfig:
-    init_from: str = "src/lensgen/assets/shapes-tiny"  # the pretrained pipeline folder RL starts from (and the KL reference)
+    init_from: str = "src/lensgen/assets/shapes-tiny-base"  # the pretrained pipeline folder RL starts from (and the KL reference)
     lora_rank: int = 0  # 0: full fine-tuning; > 0: LoRA adapters (peft) of this rank on the attention and MLP linears
     lora_alpha: float = 0.0  # 0: the rank (scale 1)
     # the pipeline folder whose transformer the KL term pulls toward (full fine-tuning; same architecture);

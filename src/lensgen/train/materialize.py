@@ -29,7 +29,7 @@ from lensgen.models.transformer import (
     LensTransformer2DModel,
     LensTransformerConfig,
 )
-from lensgen.models.weight_storage import AUX_SUFFIXES, stored_tensor
+from lensgen.models.weight_storage import AUX_SUFFIXES, delta_base, stored_tensor
 
 
 def meta_transformer(config: LensTransformerConfig) -> LensTransformer2DModel:
@@ -110,9 +110,8 @@ def _weight_files(directory: Path) -> dict[str, Path]:
 @torch.no_grad()
 def load_shards(model: nn.Module, directory: str | Path) -> None:
     """Fill the parameters from a pipeline's transformer folder, reading one tensor at a time (int8- and int4-stored
-    weights dequantised as `from_pretrained` does), each rank keeping its own rows."""
-    from safetensors import safe_open
-
+    weights dequantised and differences added to their base as `from_pretrained` does), each rank keeping its own
+    rows."""
     _check_no_buffers(model)
     directory = Path(directory)
     files = _weight_files(directory)
@@ -122,10 +121,23 @@ def load_shards(model: nn.Module, directory: str | Path) -> None:
     if missing or unexpected:
         raise UserError(f"weights in {directory} do not match the config: missing {missing[:5]}, "
                         f"unexpected {unexpected[:5]}")
+    base = delta_base(next(iter(files.values()))) if files else None
+    base_files = _weight_files(base) if base is not None else {}
+    if base is not None and delta_base(next(iter(base_files.values()))) is not None:
+        raise UserError(f"{directory} stores differences to {base}, which stores differences itself: the base "
+                        f"must hold whole weights")
     for name, param in params.items():
-        with safe_open(str(files[name]), "pt") as f:
-            value = stored_tensor(name, f.get_tensor, set(f.keys()).__contains__)
-        _copy_into(param, value.float())
+        value = _read_tensor(files[name], name).float()
+        if name in base_files:  # a difference to the base's weights (save_pretrained(delta_from=...))
+            value = value + _read_tensor(base_files[name], name).float()
+        _copy_into(param, value)
+
+
+def _read_tensor(file: Path, name: str) -> torch.Tensor:
+    from safetensors import safe_open
+
+    with safe_open(str(file), "pt") as f:
+        return stored_tensor(name, f.get_tensor, set(f.keys()).__contains__)
 
 
 __all__ = ["init_shards", "load_shards", "meta_transformer", "pretrained_config"]
