@@ -151,3 +151,22 @@ def test_torchrun_two_ranks_take_one_step_and_agree(tmp_path, teacher):
     (m,) = lines(out)
     assert m["step"] == 1 and all(m[key] == m[key] for key in LOSSES)
     assert LensPipeline.from_pretrained(out / "final").defaults.steps == 2
+
+
+def test_a_cfg_free_teacher_runs_one_conditional_pass(tmp_path, teacher):
+    """An RL model that samples at CFG 1 is distilled at CFG 1: the real score is its conditional velocity,
+    from a pass over the conditional rows only (the same velocity the batched [cond; uncond] pass gives)."""
+    trainer = TurboTrainer(config(tmp_path, teacher, "cfg1", 1, "model.teacher_cfg=1"), progress=False)
+    assert trainer.cfg_scale == 1.0
+    x0, grid, text = trainer._batch(torch.Generator().manual_seed(0))
+    n = x0.shape[0]
+    rows = []
+    trainer.teacher.register_forward_hook(lambda module, args, output: rows.append(output.shape[0]))
+    sigma = torch.full((n,), 0.6)
+    x = 0.4 * x0 + 0.6 * torch.randn_like(x0)
+    v_cond, v_guided = trainer._teacher(x, sigma, grid, text)
+    assert rows == [n] and torch.equal(v_cond, v_guided)
+    trainer.cfg_scale = 2.0  # the batched pass over [cond; uncond]
+    both_cond, both_guided = trainer._teacher(x, sigma, grid, text)
+    assert rows == [n, 2 * n] and not torch.allclose(both_guided, both_cond)
+    torch.testing.assert_close(v_cond, both_cond, atol=1e-5, rtol=1e-5)

@@ -103,3 +103,17 @@ def test_a_tuned_model_stored_as_int4_differences_to_its_base_is_closer_than_who
     shutil.copytree(tmp_path / "tuned", tmp_path / "elsewhere" / "tuned")
     with pytest.raises(UserError, match="does not exist: keep the two model folders side by side"):
         LensTransformer2DModel.from_pretrained(tmp_path / "elsewhere" / "tuned" / "transformer")
+
+
+def test_a_copy_of_a_shipped_model_stored_as_differences_still_finds_its_base(tmp_path):
+    """Copying the shipped RL model's folder to change its defaults (docs/rl.md does) keeps it loadable: the
+    base it stores differences to is found by name among the shipped models."""
+    import shutil
+
+    from lensgen.inference.pipeline import DEFAULT_MODEL_DIR
+
+    shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "copy")
+    copy = LensTransformer2DModel.from_pretrained(tmp_path / "copy" / "transformer")
+    shipped = LensTransformer2DModel.from_pretrained(DEFAULT_MODEL_DIR / "transformer")
+    for (name, a), b in zip(copy.state_dict().items(), shipped.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -168,8 +168,12 @@ class TurboTrainer:
 
     @torch.no_grad()
     def _teacher(self, x: torch.Tensor, sigma: torch.Tensor, grid, text) -> tuple[torch.Tensor, torch.Tensor]:
-        """The teacher's (conditional, guided) velocities; one batched pass over [cond; uncond]."""
+        """The teacher's (conditional, guided) velocities; one batched pass over [cond; uncond], or the conditional
+        pass alone for a teacher used without guidance (CFG 1: an RL model that samples CFG-free)."""
         (cf, cm), (uf, um) = text
+        if self.cfg_scale == 1.0:
+            v_cond = self._velocity(self.teacher, x, sigma, grid, (cf, cm))
+            return v_cond, v_cond
         both = self._velocity(self.teacher, torch.cat([x, x]), torch.cat([sigma, sigma]), grid,
                               (torch.cat([cf, uf]), torch.cat([cm, um])))
         v_cond, v_uncond = both.chunk(2)

@@ -12,7 +12,8 @@ load unchanged.
 A fine-tuned model can also be stored as its difference to the model it was tuned from (`DELTA_KEY` in
 the file's metadata names that model's folder, relative to the file's own): RL and distillation move
 the weights by a few percent, so the difference stored as int4 is closer to the tuned model than the
-whole weights stored as int8, in half the bytes, and shipped models share one base.
+whole weights stored as int8, in half the bytes, and shipped models share one base (found by its folder
+name in the package when a shipped model's folder is copied elsewhere).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ INT4_SCALE_SUFFIX, INT4_SHAPE_SUFFIX = ".int4_scale", ".int4_shape"
 MIN_INT8_NUMEL = 16384  # smaller tensors are not worth a scale vector
 AUX_SUFFIXES = (SCALE_SUFFIX, INT4_SCALE_SUFFIX, INT4_SHAPE_SUFFIX)  # stored beside a weight, not weights
 DELTA_KEY = "lensgen_delta_from"  # metadata: the tensors are differences to this folder's weights
+SHIPPED_MODELS_DIR = Path(__file__).parents[1] / "assets"  # where a shipped model's base is found by name
 INT4_GROUP = 64  # values per int4 step: 4 bytes of (step, minimum) per 32 bytes of weights
 
 
@@ -88,6 +90,9 @@ def delta_base(weights_file: str | Path) -> Path | None:
     if not relative:
         return None
     base = Path(os.path.normpath(weights_file.parent / relative))
+    shipped = SHIPPED_MODELS_DIR / base.parent.name / base.name
+    if not base.is_dir() and shipped.is_dir():  # a copy of a shipped model's folder: its base ships too
+        base = shipped
     if not base.is_dir():
         raise UserError(f"{weights_file} stores the difference to the weights in {relative} (that is {base}), "
                         f"which does not exist: keep the two model folders side by side as shipped, or load the "
