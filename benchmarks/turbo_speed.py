@@ -2,7 +2,7 @@
 at its own defaults (the teacher's steps and CFG, the student's turbo preset), and the transformer passes
 per image, counted (one image's row in one transformer call is one pass; a CFG step is two).
 
-    python benchmarks/turbo_speed.py --student runs/distill-shapes/final          # teacher: shapes-tiny-base
+    python benchmarks/turbo_speed.py --student runs/distill-shapes/final          # teacher: the shipped model
     python benchmarks/turbo_speed.py --teacher DIR --student DIR --images 32 --rounds 3 --json out.json
     python benchmarks/turbo_speed.py --student DIR --grid grid.png      # also: teacher | student, same seeds
 
@@ -21,9 +21,7 @@ import time
 
 import torch
 
-from lensgen.inference.pipeline import SHIPPED_MODELS_DIR, LensPipeline
-
-TEACHER_DIR = SHIPPED_MODELS_DIR / "shapes-tiny-base"  # the shipped Turbo model's teacher
+from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, LensPipeline
 
 PROMPTS = ["a photo of a red circle", "a blue square above a yellow triangle", "three green stars",
            "a photo of a purple hexagon", "a white heart to the left of an orange circle",
@@ -91,8 +89,8 @@ def side_by_side(teacher_dir: str, student_dir: str, path: str, seed: int = 0, s
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", default=str(TEACHER_DIR), help="teacher pipeline folder (default: the "
-                                                                     "shipped Turbo model's, shapes-tiny-base)")
+    parser.add_argument("--teacher", default=str(DEFAULT_MODEL_DIR), help="teacher pipeline folder "
+                                                                           "(default: the shipped model)")
     parser.add_argument("--student", required=True, help="student pipeline folder (a `lensgen distill` export)")
     parser.add_argument("--images", type=int, default=32, help="images per model per round (default 32)")
     parser.add_argument("--batch", type=int, default=8, help="images per pipeline call (default 8)")

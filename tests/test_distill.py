@@ -122,6 +122,22 @@ def test_resume_repeats_the_same_losses(tmp_path, teacher):
     assert torch.equal(weights(straight.fake), weights(resumed.fake))
 
 
+def test_resuming_a_finished_run_exports_it_again(tmp_path, teacher, capsys):
+    """How a finished run's export is redone in another storage (the shipped Turbo model was re-exported in
+    fp32 before being stored as differences): nothing trains, and the CLI says so."""
+    TurboTrainer(config(tmp_path, teacher, "done", 1), progress=False).run()
+    overrides = [f"out_dir={tmp_path / 'done'}", f"model.teacher={teacher}", "optim.steps=1", *TINY,
+                 "checkpoint.export_storage=fp32"]
+    assert cli.main(["distill", "--config", str(CONFIGS / "distill-shapes.yaml"), "--resume",
+                     *[arg for o in overrides for arg in ("--set", o)]]) == 0
+    assert "nothing left to train: the run is at step 1 of 1" in capsys.readouterr().out
+    assert len(lines(tmp_path / "done")) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "done" / "final" / "transformer" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert f.metadata()["lensgen_storage"] == "fp32"
+
+
 def test_bad_config_fields_are_named(tmp_path, teacher):
     with pytest.raises(UserError, match="loss.ida_lambda"):
         config(tmp_path, teacher, "bad", 1, "loss.ida_lambda=1.5")

@@ -208,8 +208,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     d.add_argument("--model", help="model folder for the grid (default: the shipped model)")
     d.add_argument("--turbo", help="a few-step model (a `lensgen distill` export) to sample the grid again "
                                    f"beside the base, with both times (default: the shipped {TURBO_MODEL} if any)")
-    d.add_argument("--before", help="the model the grid's was post-trained from, to sample the grid again beside "
-                                    f"it (default with the shipped model: {BEFORE_RL_MODEL}, before RL)")
+    d.add_argument("--before", help="the model that the grid's model was post-trained from, to sample the grid "
+                                    f"again with it (default with the shipped model: {BEFORE_RL_MODEL}, before RL)")
     d.add_argument("--train-steps", type=int, default=300,
                    help="steps of the from-scratch training run (default 300, about 3 minutes on 2 cores; "
                         "0 skips it)")

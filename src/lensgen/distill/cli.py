@@ -22,7 +22,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from lensgen.train.cli import config_overrides, run_trainer
 
     summary = run_trainer(TurboTrainer, load_distill_config(args.config, config_overrides(args)), args)
-    if summary.get("export"):
+    if summary.get("export") and summary["steps_this_run"] == 0:
+        print(f"nothing left to train: the run is at step {summary['steps']} of {summary['steps']}; "
+              f"model (exported again): {summary['export']}")
+    elif summary.get("export"):
         print(f"{summary['steps']} distillation steps ({summary['steps_per_hour']:.1f} per hour); "
               f"model: {summary['export']}")
     return 0

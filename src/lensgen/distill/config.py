@@ -12,7 +12,7 @@ from lensgen.models.weight_storage import STORAGES
 
 @dataclass
 class DistillModelConfig:
-    teacher: str = "src/lensgen/assets/shapes-tiny-base"  # the pipeline folder distilled (the student starts as a copy)
+    teacher: str = "src/lensgen/assets/shapes-tiny"  # the pipeline folder distilled (the student starts as a copy)
     teacher_cfg: float = 0.0  # the real score's CFG scale; 0: the teacher's own default
     teacher_steps: int = 0  # the teacher's sampling steps the benchmark compares with; 0: its default
 

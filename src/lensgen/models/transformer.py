@@ -368,7 +368,7 @@ class LensTransformer2DModel(nn.Module):
         return model.eval()
 
 
-def weight_files(directory: Path) -> list[str]:
+def _weight_files(directory: Path) -> list[str]:
     """The safetensors files of a transformer folder (one file, or the shards an index names)."""
     if (directory / WEIGHTS_INDEX_NAME).is_file():
         index = json.loads((directory / WEIGHTS_INDEX_NAME).read_text())
@@ -394,7 +394,7 @@ def _read_weights(directory: Path, device: str, as_base: bool = False) -> tuple[
         config.validate()
     except (json.JSONDecodeError, TypeError, ValueError) as err:
         raise UserError(f"malformed transformer config {config_path}: {err}") from None
-    files = weight_files(directory)
+    files = _weight_files(directory)
     tensors = {}
     for name in files:
         tensors.update(load_file(str(directory / name), device=device))
