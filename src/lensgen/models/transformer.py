@@ -368,13 +368,16 @@ class LensTransformer2DModel(nn.Module):
         return model.eval()
 
 
-def _weight_files(directory: Path) -> list[str]:
-    """The safetensors files of a transformer folder (one file, or the shards an index names)."""
+def weight_map(directory: Path) -> dict[str, Path]:
+    """Tensor name -> the safetensors file of a transformer folder that holds it (one file, or an index)."""
+    from safetensors import safe_open
+
     if (directory / WEIGHTS_INDEX_NAME).is_file():
         index = json.loads((directory / WEIGHTS_INDEX_NAME).read_text())
-        return sorted(set(index["weight_map"].values()))
+        return {name: directory / file for name, file in index["weight_map"].items()}
     if (directory / WEIGHTS_NAME).is_file():
-        return [WEIGHTS_NAME]
+        with safe_open(str(directory / WEIGHTS_NAME), "pt") as f:
+            return {name: directory / WEIGHTS_NAME for name in f.keys()}
     raise UserError(f"no transformer weights in {directory}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}")
 
 
@@ -394,12 +397,12 @@ def _read_weights(directory: Path, device: str, as_base: bool = False) -> tuple[
         config.validate()
     except (json.JSONDecodeError, TypeError, ValueError) as err:
         raise UserError(f"malformed transformer config {config_path}: {err}") from None
-    files = _weight_files(directory)
+    files = sorted(set(weight_map(directory).values()))
     tensors = {}
-    for name in files:
-        tensors.update(load_file(str(directory / name), device=device))
+    for file in files:
+        tensors.update(load_file(str(file), device=device))
     state = unpack_state_dict(tensors, torch.float32)
-    base_dir = delta_base(directory / files[0])
+    base_dir = delta_base(files[0])
     if base_dir is not None:
         if as_base:
             raise UserError(f"{directory} stores differences to {base_dir}, so it cannot be the base of another "

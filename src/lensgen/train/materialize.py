@@ -16,6 +16,7 @@ holds it under torchrun with two ranks.
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -24,10 +25,9 @@ from torch import nn
 from lensgen.errors import UserError
 from lensgen.models.transformer import (
     CONFIG_NAME,
-    WEIGHTS_INDEX_NAME,
-    WEIGHTS_NAME,
     LensTransformer2DModel,
     LensTransformerConfig,
+    weight_map,
 )
 from lensgen.models.weight_storage import AUX_SUFFIXES, delta_base, stored_tensor
 
@@ -94,27 +94,16 @@ def init_shards(model: nn.Module) -> None:
             _copy_into(p, full[key])
 
 
-def _weight_files(directory: Path) -> dict[str, Path]:
-    """Tensor name -> the safetensors file that holds it (single file or an index)."""
-    from safetensors import safe_open
-
-    if (directory / WEIGHTS_INDEX_NAME).is_file():
-        index = json.loads((directory / WEIGHTS_INDEX_NAME).read_text())
-        return {name: directory / file for name, file in index["weight_map"].items()}
-    if (directory / WEIGHTS_NAME).is_file():
-        with safe_open(str(directory / WEIGHTS_NAME), "pt") as f:
-            return {name: directory / WEIGHTS_NAME for name in f.keys()}
-    raise UserError(f"no transformer weights in {directory}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}")
-
-
 @torch.no_grad()
 def load_shards(model: nn.Module, directory: str | Path) -> None:
     """Fill the parameters from a pipeline's transformer folder, reading one tensor at a time (int8- and int4-stored
     weights dequantised and differences added to their base as `from_pretrained` does), each rank keeping its own
     rows."""
+    from safetensors import safe_open
+
     _check_no_buffers(model)
     directory = Path(directory)
-    files = _weight_files(directory)
+    files = weight_map(directory)
     params = dict(model.named_parameters())
     missing = sorted(set(params) - set(files))
     unexpected = sorted(n for n in set(files) - set(params) if not n.endswith(AUX_SUFFIXES))
@@ -122,22 +111,25 @@ def load_shards(model: nn.Module, directory: str | Path) -> None:
         raise UserError(f"weights in {directory} do not match the config: missing {missing[:5]}, "
                         f"unexpected {unexpected[:5]}")
     base = delta_base(next(iter(files.values()))) if files else None
-    base_files = _weight_files(base) if base is not None else {}
+    base_files = weight_map(base) if base is not None else {}
     if base is not None and delta_base(next(iter(base_files.values()))) is not None:
         raise UserError(f"{directory} stores differences to {base}, which stores differences itself: the base "
                         f"must hold whole weights")
-    for name, param in params.items():
-        value = _read_tensor(files[name], name).float()
-        if name in base_files:  # a difference to the base's weights (save_pretrained(delta_from=...))
-            value = value + _read_tensor(base_files[name], name).float()
-        _copy_into(param, value)
+    with ExitStack() as stack:  # each file opened once, its tensor names listed once
+        opened = {}
 
+        def read(file: Path, name: str) -> torch.Tensor:
+            if file not in opened:
+                f = stack.enter_context(safe_open(str(file), "pt"))
+                opened[file] = (f, set(f.keys()))
+            f, keys = opened[file]
+            return stored_tensor(name, f.get_tensor, keys.__contains__)
 
-def _read_tensor(file: Path, name: str) -> torch.Tensor:
-    from safetensors import safe_open
-
-    with safe_open(str(file), "pt") as f:
-        return stored_tensor(name, f.get_tensor, set(f.keys()).__contains__)
+        for name, param in params.items():
+            value = read(files[name], name).float()
+            if name in base_files:  # a difference to the base's weights (save_pretrained(delta_from=...))
+                value = value + read(base_files[name], name).float()
+            _copy_into(param, value)
 
 
 __all__ = ["init_shards", "load_shards", "meta_transformer", "pretrained_config"]
