@@ -10,6 +10,11 @@ The two are timed in alternation (`--rounds`, median of each), the same prompts 
 pipeline calls: text encoding, sampling and decoding, so the ratio is what a user of `lensgen generate`
 gets. Lens-Turbo's targets: >= 4.5x the teacher's images/s, >= 8x where the teacher samples with CFG
 (40 passes against 4).
+
+Each model's FLOPs per image are counted too (`lensgen.compute.flop_counter`: text encoding, one
+transformer pass, decoding, and the whole call). Their ratio is the speed-up on a device that runs every
+FLOP at the same rate: the ceiling the measured ratio is read against. Text encoding and decoding are
+paid once per image by both models, so they cap the ratio below the ratio of transformer passes.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 
 import torch
 
+from lensgen.compute import flop_counter
 from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, LensPipeline
 
 PROMPTS = ["a photo of a red circle", "a blue square above a yellow triangle", "three green stars",
@@ -44,6 +50,32 @@ def run_model(pipe: LensPipeline, prompts: list[str], batch: int, seed: int) -> 
         pipe(prompts[start:start + batch], seed=seed + start)
 
 
+def _flops(fn) -> int:
+    with flop_counter() as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@torch.no_grad()
+def flops_per_image(pipe: LensPipeline, prompts: list[str], seed: int = 0) -> dict:
+    """GFLOPs per image of one pipeline call on `prompts` at the model's defaults, and of its parts: text
+    encoding, one transformer pass (one image row, no CFG) and decoding."""
+    n = len(prompts)
+    height, width = pipe.default_height, pipe.default_width
+    f = pipe.codec.spatial_factor
+    grid = (height // f, width // f)
+    text = pipe.text_encoder.encode(prompts)
+    features = text.features.to(pipe.device, pipe.transformer.img_in.weight.dtype)
+    tokens = pipe.initial_noise(list(range(n)), height, width)
+    sigma = torch.full((n,), 0.5, device=pipe.device)
+    latents = tokens.transpose(1, 2).unflatten(2, grid).to(pipe.codec.dtype)
+    parts = {"text": _flops(lambda: pipe.text_encoder.encode(prompts)),
+             "transformer_pass": _flops(lambda: pipe.transformer(tokens, features, sigma, grid, text.mask)),
+             "decode": _flops(lambda: pipe.codec.decode(latents)),
+             "call": _flops(lambda: pipe(prompts, seed=seed, output_type="pt"))}
+    return {name: value / n / 1e9 for name, value in parts.items()}
+
+
 def compare(teacher_dir: str, student_dir: str, images: int, batch: int, rounds: int, seed: int = 0) -> dict:
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(images)]
     models = {"teacher": LensPipeline.from_pretrained(teacher_dir),
@@ -51,6 +83,7 @@ def compare(teacher_dir: str, student_dir: str, images: int, batch: int, rounds:
     counters = {name: PassCounter(pipe.transformer) for name, pipe in models.items()}
     for pipe in models.values():  # warm-up: first-call allocations, thread pools
         run_model(pipe, prompts[:batch], batch, seed)
+    gflops = {name: flops_per_image(pipe, prompts[:batch], seed) for name, pipe in models.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
     for counter in counters.values():
         counter.rows = 0
@@ -66,11 +99,13 @@ def compare(teacher_dir: str, student_dir: str, images: int, batch: int, rounds:
         rows[name] = {"model": teacher_dir if name == "teacher" else student_dir, "steps": d.steps, "cfg": d.cfg,
                       "solver": d.solver, "size": f"{pipe.default_width}x{pipe.default_height}",
                       "passes_per_image": counters[name].rows / (rounds * images),
-                      "seconds": seconds, "seconds_rounds": times[name], "images_per_s": images / seconds}
+                      "seconds": seconds, "seconds_rounds": times[name], "images_per_s": images / seconds,
+                      "gflops_per_image": gflops[name]}
     ratio = rows["student"]["images_per_s"] / rows["teacher"]["images_per_s"]
+    flop_ratio = rows["teacher"]["gflops_per_image"]["call"] / rows["student"]["gflops_per_image"]["call"]
     target = 8.0 if rows["teacher"]["cfg"] != 1.0 else 4.5
     return {"images": images, "batch": batch, "rounds": rounds, "threads": torch.get_num_threads(), **rows,
-            "speedup": ratio, "target": target, "meets_target": ratio >= target}
+            "speedup": ratio, "flop_ratio": flop_ratio, "target": target, "meets_target": ratio >= target}
 
 
 def side_by_side(teacher_dir: str, student_dir: str, path: str, seed: int = 0, scale: int = 2) -> None:
@@ -110,6 +145,12 @@ def main(argv: list[str] | None = None) -> dict:
         r = result[name]
         print(f"{name:8s} {r['steps']:5d} {r['cfg']:5.1f} {r['solver']:>6} {r['size']:>7} "
               f"{r['passes_per_image']:10.1f} {r['seconds']:8.2f} {r['images_per_s']:7.2f}")
+    print(f"{'GFLOP per image':16s} {'text':>6} {'1 pass':>7} {'decode':>7} {'call':>7}")
+    for name in ("teacher", "student"):
+        g = result[name]["gflops_per_image"]
+        print(f"{name:16s} {g['text']:6.3f} {g['transformer_pass']:7.3f} {g['decode']:7.3f} {g['call']:7.3f}")
+    print(f"FLOP ratio (teacher / student per image): {result['flop_ratio']:.2f}x, the speed-up if every FLOP ran "
+          f"at one rate")
     print(f"speed-up (student / teacher images/s): {result['speedup']:.2f}x (target >= {result['target']:g}x: "
           f"{'met' if result['meets_target'] else 'not met'})")
     if args.json:

@@ -6,12 +6,12 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from lensgen.compute import (
     StepShape,
     attention_flops,
     device_peak_tflops,
+    flop_counter,
     forward_flops,
     mfu,
     relative_compute,
@@ -19,7 +19,6 @@ from lensgen.compute import (
 )
 from lensgen.errors import UserError
 from lensgen.models.transformer import LensTransformer2DModel, preset
-from lensgen.train.planner import _cpu_attention_flops
 
 
 def test_flop_formula_equals_the_counted_flops_of_a_real_training_step():
@@ -29,10 +28,10 @@ def test_flop_formula_equals_the_counted_flops_of_a_real_training_step():
     shape = StepShape(batch=3, image_tokens=10 * 6, text_tokens=9)
     x = torch.randn(3, 60, cfg.in_channels)
     text = torch.randn(3, 9, cfg.num_text_layers, cfg.enc_hidden_dim)
-    with FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops()) as counter:
+    with flop_counter() as counter:
         out = model(x, text, torch.rand(3), (10, 6))
     assert counter.get_total_flops() == forward_flops(cfg, shape)
-    with FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops()) as counter:
+    with flop_counter() as counter:
         out.square().mean().backward()
     # the counter also counts the flash backward's recomputed QK^T (implementation work, not model work)
     assert forward_flops(cfg, shape) + counter.get_total_flops() == (

@@ -74,7 +74,8 @@ def test_every_term_trains_and_the_export_samples_with_the_turbo_preset(tmp_path
 
 def test_turbo_speed_benchmark_counts_passes_at_each_models_defaults(tmp_path, teacher):
     """benchmarks/turbo_speed.py times teacher and student at their own defaults and counts the transformer
-    passes per image: the teacher's 6 CFG steps are 12 passes, the 2-step student's 2."""
+    passes per image: the teacher's 6 CFG steps are 12 passes, the 2-step student's 2; and counts each one's
+    FLOPs per image, a call's being its parts'."""
     export = TurboTrainer(config(tmp_path, teacher, "bench", 1), progress=False).run()["export"]
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "turbo_speed.py"
     out = tmp_path / "speed.json"
@@ -89,6 +90,13 @@ def test_turbo_speed_benchmark_counts_passes_at_each_models_defaults(tmp_path, t
     assert result["teacher"]["passes_per_image"] == 12 and result["student"]["passes_per_image"] == 2
     assert result["target"] == 8.0
     assert result["speedup"] == pytest.approx(result["student"]["images_per_s"] / result["teacher"]["images_per_s"])
+    for name in ("teacher", "student"):  # a call is its text encoding, its passes and its decoding, nothing else
+        g, passes = result[name]["gflops_per_image"], result[name]["passes_per_image"]
+        assert min(g.values()) > 0
+        assert g["call"] == pytest.approx(g["text"] + passes * g["transformer_pass"] + g["decode"], rel=1e-6)
+    assert result["flop_ratio"] == pytest.approx(result["teacher"]["gflops_per_image"]["call"]
+                                                 / result["student"]["gflops_per_image"]["call"])
+    assert "FLOP ratio (teacher / student per image)" in proc.stdout
     assert "speed-up (student / teacher images/s)" in proc.stdout
     from PIL import Image
 

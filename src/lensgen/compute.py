@@ -28,6 +28,26 @@ PEAK_BF16_TFLOPS = {
 TIMESTEP_CHANNELS = 256  # the sinusoid width feeding time_text_embed
 
 
+def flop_counter():
+    """A `torch.utils.flop_counter.FlopCounterMode` that also counts attention on CPU. It knows the CUDA
+    attention kernels only; on CPU SDPA runs `_scaled_dot_product_flash_attention_for_cpu`, the same work,
+    counted here with torch's own formulas."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+
+    def forward(q, k, v, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(q, k, v)
+
+    def backward(grad_out, q, k, v, *args, out_shape=None, **kwargs):
+        return sdpa_backward_flop_count(grad_out, q, k, v)
+
+    return FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward})
+
+
 def device_peak_tflops(device: str | float) -> float:
     """A device name from PEAK_BF16_TFLOPS (case-insensitive) or a number of TFLOP/s."""
     if isinstance(device, int | float):

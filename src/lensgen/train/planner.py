@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lensgen.compute import StepShape, training_flops
+from lensgen.compute import StepShape, flop_counter, training_flops
 from lensgen.errors import UserError
 from lensgen.train.config import TrainConfig
 from lensgen.train.ema import EMA
@@ -350,23 +350,6 @@ def fake_process_group(world_size: int):
         dist.destroy_process_group()
 
 
-def _cpu_attention_flops() -> dict:
-    """FlopCounterMode counts the CUDA attention kernels only; on CPU (where we plan) SDPA runs
-    `_scaled_dot_product_flash_attention_for_cpu`: the same work, counted with torch's own formulas."""
-    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
-
-    aten = torch.ops.aten
-
-    def forward(q, k, v, *args, out_shape=None, **kwargs):
-        return sdpa_flop_count(q, k, v)
-
-    def backward(grad_out, q, k, v, *args, out_shape=None, **kwargs):
-        return sdpa_backward_flop_count(grad_out, q, k, v)
-
-    return {aten._scaled_dot_product_flash_attention_for_cpu: forward,
-            aten._scaled_dot_product_flash_attention_for_cpu_backward: backward}
-
-
 class Planner:
     """Plans for one config and world size: the sharded model, optimiser and EMA are built once (fake), then
     each (resolution, batch, checkpointing) step is simulated on them."""
@@ -436,13 +419,12 @@ class Planner:
         """FLOPs per GPU of one forward + backward, counted op by op by FlopCounterMode on fake tensors (a
         flash-attention backward's recomputed QK^T included; no activation checkpointing)."""
         from torch._subclasses.fake_tensor import FakeTensorMode
-        from torch.utils.flop_counter import FlopCounterMode
 
         with fake_process_group(self.world_size) as mesh, FakeTensorMode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model, _, _ = self._build(mesh, checkpointing=False)
             x = self._inputs(resolution, batch)
-            with FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops()) as counter:
+            with flop_counter() as counter:
                 x_t, target = noisy_input(x.tokens, x.noise, x.sigma)
                 masked_mse(model(x_t, x.text, x.sigma, x.grid).float(), target, None).backward()
         return counter.get_total_flops()
