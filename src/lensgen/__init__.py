@@ -5,4 +5,9 @@ pretraining, RL post-training (DiffusionNFT), few-step distillation, inference w
 serving, and ShapesEval.
 """
 
+from pathlib import Path
+
 __version__ = "0.1.0"
+
+# The models shipped inside the package (each folder has its MODEL_CARD.md), usable by name.
+SHIPPED_MODELS_DIR = Path(__file__).parent / "assets"

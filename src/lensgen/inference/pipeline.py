@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from lensgen import SHIPPED_MODELS_DIR
 from lensgen.errors import LensgenWarning, UserError
 from lensgen.flow.sampler import SOLVERS, cfg_velocity_fn, sample
 from lensgen.flow.schedule import sampling_sigmas, schedule_mu
@@ -33,8 +34,6 @@ from lensgen.models.vae import LatentCodec
 from lensgen.sizes import validate_size
 
 MODEL_INDEX = "model_index.json"
-# The Shapes model trained by `lensgen train` and shipped in the package (see its MODEL_CARD.md).
-SHIPPED_MODELS_DIR = Path(__file__).parents[1] / "assets"
 DEFAULT_MODEL_DIR = SHIPPED_MODELS_DIR / "shapes-tiny"
 
 

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import torch
 
+from lensgen import SHIPPED_MODELS_DIR
 from lensgen.errors import UserError
 from lensgen.io import atomic_write_json
 from lensgen.models.frozen import FrozenModule, quiet_progress_bars, read_component_config
 
 CONFIG_NAME = "lensgen_codec.json"
 # The Shapes VAE (`lensgen train-vae`) shipped with the Shapes model: a flux2-vae codec without a path.
-SHAPES_VAE_DIR = Path(__file__).parents[1] / "assets" / "shapes-tiny-base" / "vae"
+SHAPES_VAE_DIR = SHIPPED_MODELS_DIR / "shapes-tiny-base" / "vae"
 
 
 def patchify(x: torch.Tensor, p: int = 2) -> torch.Tensor:

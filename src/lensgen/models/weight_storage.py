@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from lensgen import SHIPPED_MODELS_DIR
 from lensgen.errors import UserError
 
 STORAGES = ("fp32", "bf16", "int8", "int4")
@@ -32,7 +33,6 @@ INT4_SCALE_SUFFIX, INT4_SHAPE_SUFFIX = ".int4_scale", ".int4_shape"
 MIN_INT8_NUMEL = 16384  # smaller tensors are not worth a scale vector
 AUX_SUFFIXES = (SCALE_SUFFIX, INT4_SCALE_SUFFIX, INT4_SHAPE_SUFFIX)  # stored beside a weight, not weights
 DELTA_KEY = "lensgen_delta_from"  # metadata: the tensors are differences to this folder's weights
-SHIPPED_MODELS_DIR = Path(__file__).parents[1] / "assets"  # where a shipped model's base is found by name
 INT4_GROUP = 64  # values per int4 step: 4 bytes of (step, minimum) per 32 bytes of weights
 
 
