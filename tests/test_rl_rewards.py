@@ -91,6 +91,21 @@ def test_rubric_items_reward_is_the_item_mean_without_the_global_rule():
     assert items.scores[2] == pytest.approx(1.0, abs=1e-6) and strict.scores[2] < 0.8  # no global-rule penalty
 
 
+def test_rubric_rewards_take_the_pair_shape_credit():
+    """reward.shape_credit reaches the shape items: a circle drawn for a hexagon earns less under "pair"
+    (the two shapes are 0.011 apart in template distance) than under "fixed"; a recognised shape earns
+    the same under both; an unknown margin is a user error naming the field."""
+    prompts = ["a photo of a red hexagon", "a photo of a red hexagon"]
+    images = [ground_truth("a photo of a red circle"), ground_truth("a photo of a red hexagon")]
+    fixed = build_reward({"rubric_items": 1.0})(images, prompts, [None] * 2)
+    pair = build_reward({"rubric_items": 1.0}, shape_credit="pair")(images, prompts, [None] * 2)
+    shape = [[it["score"] for it in d["items"] if it["dimension"] == "attributes"][0] for d in pair.details]
+    assert pair.scores[0] < fixed.scores[0] - 0.05 and 0 <= shape[0] < 0.3
+    assert pair.scores[1] == pytest.approx(fixed.scores[1]) == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(UserError, match="reward.shape_credit: 'wide'"):
+        build_reward({"rubric": 1.0}, shape_credit="wide")
+
+
 def test_geneval_counts_exactly_and_reads_signs():
     five = ground_truth("a photo of five stars")
     three = ground_truth("a photo of three stars")

@@ -1,5 +1,8 @@
 """Rubrics: items across the five dimensions, graded scores, the global rule."""
 
+import numpy as np
+import pytest
+
 from lensgen.shapes import generate_scene, parse_prompt, render
 from lensgen.shapes.groundtruth import scene_for_prompt
 from lensgen.shapes.rubrics import DIMENSIONS, MAX_ITEMS, rubrics_for, score
@@ -84,3 +87,45 @@ def test_shape_items_give_partial_credit_to_blobs_near_the_shape():
     near, far = shape_credit(circle, "hexagon"), shape_credit(circle, "star")
     assert 0.3 < near <= 0.5 and 0 <= far < near  # a circle is nearly a hexagon, far from a star
     assert shape_credit(detect(Image.new("RGB", (64, 64), (140, 140, 140))), "hexagon") == 0.0
+
+
+def test_template_distance_is_how_far_apart_the_judge_holds_two_shapes():
+    from lensgen.shapes.shapefit import template_distance
+    from lensgen.shapes.vocab import SHAPES
+
+    pairs = {(a, b): template_distance(a, b) for a in SHAPES for b in SHAPES if a != b}
+    assert all(template_distance(s, s) == pytest.approx(0.0, abs=1e-6) for s in SHAPES)
+    assert all(d == pytest.approx(pairs[b, a]) and 0 < d < 1 for (a, b), d in pairs.items())
+    assert min(pairs, key=pairs.get) in (("hexagon", "circle"), ("circle", "hexagon"))  # the closest pair
+    assert pairs["hexagon", "circle"] < 0.02 < 0.1 < pairs["star", "triangle"]
+
+
+def _blob(scores: dict[str, float]):
+    from lensgen.shapes.judge import DetectedObject, Detection
+
+    best = max(scores, key=scores.get)
+    obj = DetectedObject(best, "red", (0, 0, 10, 10), (5, 5), 80.0, scores[best], 0.9, shape_scores=scores)
+    return Detection(64, 64, [obj])
+
+
+def test_pair_shape_credit_spans_the_gap_between_the_rival_shape_and_the_asked_one():
+    """With margin "pair" a blob whose cosine to the asked shape trails its rival by the two shapes' whole
+    template distance (a perfect rival) earns 0, by half of it 1/4, by a hair 1/2, whichever the pair; the
+    fixed margin gives a blob that is a perfect circle nearly the credit of one that ties (0.45 vs 0.5) on a
+    hexagon prompt, which is why discs could not learn to become hexagons."""
+    from lensgen.shapes.rubrics import SHAPE_MARGIN_SCALE, shape_credit
+    from lensgen.shapes.shapefit import template_distance
+
+    for asked, rival in (("hexagon", "circle"), ("star", "heart"), ("square", "triangle")):
+        d = template_distance(asked, rival)
+        rest = {s: 0.5 for s in ("circle", "heart", "hexagon", "square", "star", "triangle")}
+        for gap, pair in ((d, 0.0), (d / 2, 0.25), (d / 10, 0.45), (1e-9, 0.5)):  # the rival still wins
+            det = _blob({**rest, rival: 0.95, asked: 0.95 - gap})
+            assert shape_credit(det, asked, "pair") == pytest.approx(pair, abs=1e-6)
+            fixed = float(np.clip(0.5 - gap / SHAPE_MARGIN_SCALE, 0, 0.5))
+            assert shape_credit(det, asked) == pytest.approx(fixed, abs=1e-6)  # "fixed" is the default
+    d = template_distance("hexagon", "circle")
+    circle = _blob({"circle": 0.97, "hexagon": 0.97 - d, "square": 0.9, "star": 0.8, "heart": 0.8, "triangle": 0.8})
+    assert shape_credit(circle, "hexagon") > 0.44 and shape_credit(circle, "hexagon", "pair") == pytest.approx(0)
+    with pytest.raises(ValueError, match="margin 'wide'"):
+        shape_credit(circle, "hexagon", "wide")

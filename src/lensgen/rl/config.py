@@ -13,6 +13,7 @@ from lensgen.config import load_config as load_typed_config
 from lensgen.flow.sampler import SOLVERS
 from lensgen.models.weight_storage import STORAGES
 from lensgen.rl.nft import ADVANTAGE_SCALES
+from lensgen.shapes.rubrics import SHAPE_CREDITS
 
 
 @dataclass
@@ -49,6 +50,9 @@ class RLSampleConfig:
 class RLRewardConfig:
     weights: dict = field(default_factory=lambda: {"rubric": 0.5, "geneval": 0.5})  # reward name -> weight
     judge: dict = field(default_factory=dict)  # the VLM judge's settings (base_url, model, ...) when "vlm" is used
+    # partial credit of a shape item for a blob the judge reads as another shape: "fixed" (one margin for every
+    # pair) or "pair" (each pair's template distance: discs on a hexagon prompt are told apart)
+    shape_credit: str = "fixed"
 
 
 @dataclass
@@ -132,6 +136,7 @@ class RLConfig(Validated):
              "a fraction in (0, 1] leaving at least one training noise level"),
             (s.train_levels >= 0, "sample.train_levels", "0 (every level) or a positive count"),
             (bool(self.reward.weights), "reward.weights", "at least one reward, e.g. {rubric: 1.0}"),
+            (self.reward.shape_credit in SHAPE_CREDITS, "reward.shape_credit", " or ".join(SHAPE_CREDITS)),
             (o.steps >= 1, "optim.steps", "a positive integer"),
             (o.lr > 0, "optim.lr", "a positive number"),
             (len(o.betas) == 2, "optim.betas", "two numbers"),

@@ -51,7 +51,7 @@ from lensgen.errors import UserError
 from lensgen.eval.shapes import score_image
 from lensgen.shapes.judge import Detection, detect
 from lensgen.shapes.prompt import PromptSpec, parse_prompt
-from lensgen.shapes.rubrics import Rubrics, rubrics_for, score
+from lensgen.shapes.rubrics import SHAPE_CREDITS, Rubrics, rubrics_for, score
 
 log = logging.getLogger("lensgen.rl")
 
@@ -168,13 +168,20 @@ class ShapesRubricReward:
     items_only: the weighted mean of the item scores alone ("rubric_items"), without the global rule's
     factor and the worst item's gate. Where the model cannot yet draw what is asked (a star it has never
     drawn), the strict total is ~0.01 whatever it draws and the global rule's spread drowns the shape
-    credit's; the item mean keeps the shape credit as the signal (a curriculum reward)."""
+    credit's; the item mean keeps the shape credit as the signal (a curriculum reward).
+
+    shape_credit: how a shape item credits a blob the judge does not recognise as the asked shape
+    (`shapes.rubrics.shape_credit`): "fixed" (one margin for every pair of shapes) or "pair" (each pair's
+    template distance, so discs on a hexagon prompt are told apart)."""
 
     name = "rubric"
 
-    def __init__(self, workers: int = 1, items_only: bool = False):
+    def __init__(self, workers: int = 1, items_only: bool = False, shape_credit: str = "fixed"):
+        if shape_credit not in SHAPE_CREDITS:
+            raise UserError(f"reward.shape_credit: '{shape_credit}'; expected one of {', '.join(SHAPE_CREDITS)}")
         self.workers = workers
         self.items_only = items_only
+        self.shape_credit = shape_credit
         if items_only:
             self.name = "rubric_items"
 
@@ -187,7 +194,7 @@ class ShapesRubricReward:
 
     def _score_one(self, image: Image.Image, rubric: Rubrics) -> tuple[float, dict]:
         needs_text = any(it.kind == "text" for it in rubric.items)
-        result = score(image, rubric, detection=_DETECTIONS(image, needs_text))
+        result = score(image, rubric, detection=_DETECTIONS(image, needs_text), shape_margin=self.shape_credit)
         items = [{"dimension": it.dimension, "description": it.description, "score": s}
                  for it, s in result.items]
         misses = [f"{it.description}: {s:.2f}" for it, s in result.items if s < 1.0]
@@ -530,18 +537,19 @@ class WeightedReward:
                 reward.close()
 
 
-REWARDS: dict[str, Callable[..., Reward]] = {
-    "rubric": lambda judge: ShapesRubricReward(),
-    "rubric_items": lambda judge: ShapesRubricReward(items_only=True),
-    "geneval": lambda judge: GenEvalReward(),
-    "vlm": lambda judge: VLMJudgeReward(judge),
+REWARDS: dict[str, Callable[..., Reward]] = {  # name -> builder(judge config, shape credit)
+    "rubric": lambda judge, credit: ShapesRubricReward(shape_credit=credit),
+    "rubric_items": lambda judge, credit: ShapesRubricReward(items_only=True, shape_credit=credit),
+    "geneval": lambda judge, credit: GenEvalReward(),
+    "vlm": lambda judge, credit: VLMJudgeReward(judge),
 }
 
 
-def build_reward(spec: Mapping[str, float], judge_config: JudgeConfig | Mapping[str, Any] | None = None
-                 ) -> WeightedReward:
+def build_reward(spec: Mapping[str, float], judge_config: JudgeConfig | Mapping[str, Any] | None = None,
+                 shape_credit: str = "fixed") -> WeightedReward:
     """The trainer's reward from its config: reward names to weights, e.g. {"rubric": 0.5, "geneval": 0.5};
-    `judge_config` (a JudgeConfig or a mapping of its fields) configures the vlm reward."""
+    `judge_config` (a JudgeConfig or a mapping of its fields) configures the vlm reward, `shape_credit` the
+    rubric rewards' partial shape credit (`ShapesRubricReward`)."""
     if not isinstance(spec, Mapping) or not spec:
         raise UserError(f"rewards: expected a mapping of reward names to weights, e.g. {{rubric: 1.0}}; "
                         f"known rewards: {', '.join(sorted(REWARDS))}")
@@ -553,7 +561,8 @@ def build_reward(spec: Mapping[str, float], judge_config: JudgeConfig | Mapping[
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) \
                 or weight <= 0:
             raise UserError(f"rewards.{name}: weight {weight!r}; expected a positive number")
-    return WeightedReward({name: (REWARDS[name](judge_config), float(w)) for name, w in spec.items()})
+    return WeightedReward({name: (REWARDS[name](judge_config, shape_credit), float(w))
+                           for name, w in spec.items()})
 
 
 class AsyncRewards:

@@ -89,7 +89,7 @@ class NFTTrainer:
         self.rubrics = [rubric_dict(p.rubric) for p in self.prompts]  # the form the rewards read
         self.table = BucketTable(bases=tuple(config.data.bases), multiple=config.data.multiple)
         self.sampler = PromptSampler(len(self.prompts), config.data.prompts_per_step, seed=config.optim.seed)
-        self.reward = build_reward(config.reward.weights, config.reward.judge or None)
+        self.reward = build_reward(config.reward.weights, config.reward.judge or None, config.reward.shape_credit)
         self.scorer = AsyncRewards(self.reward, workers=config.system.reward_workers)
         self.step = 0
         self.ckpt_root = self.out / "checkpoints"

@@ -28,6 +28,7 @@ from lensgen.shapes.ocr import text_similarity
 from lensgen.shapes.prompt import ObjectReq, PromptSpec, parse_prompt
 from lensgen.shapes.relations import relation_strength, relative_position
 from lensgen.shapes.scene import Scene, object_box
+from lensgen.shapes.shapefit import template_distance
 from lensgen.shapes.vocab import NUMBER_WORDS, plural
 
 DIMENSIONS = ("attributes", "spatial", "quantity", "interaction", "colour")
@@ -146,28 +147,41 @@ def _candidates(det: Detection, ref: list) -> list[DetectedObject]:
 
 
 SHAPE_MARGIN_SCALE = 0.2  # template-cosine margin over which an unrecognised blob earns its partial credit
+SHAPE_CREDITS = ("fixed", "pair")
 
 
-def shape_credit(det: Detection, shape: str) -> float:
+def shape_credit(det: Detection, shape: str, margin: str = "fixed") -> float:
     """1 when the judge recognises the shape; otherwise partial credit, up to 1/2, for the blob that comes
-    closest: 1/2 + (its cosine with the shape's templates - its best other shape's) / SHAPE_MARGIN_SCALE.
-    A blob that is nearly a hexagon but reads as a circle earns almost 1/2; that gradient is what lets RL
-    turn "found 0" blobs into shapes."""
+    closest: 1/2 + (its cosine with the shape's templates - its best other shape's) / scale. A blob that is
+    nearly a hexagon but reads as a circle earns almost 1/2; that gradient is what lets RL turn "found 0"
+    blobs into shapes.
+
+    margin "fixed": scale = SHAPE_MARGIN_SCALE for every pair of shapes. "pair": scale = twice the two
+    shapes' template distance (`shapefit.template_distance`), so a perfect instance of the other shape earns
+    0 and a blob half-way earns 1/4 whichever the pair. Hexagons and circles are 0.011 apart: with the fixed
+    scale every disc earns 0.45-0.5 on a hexagon prompt and the credit barely tells discs apart, with the
+    pair scale it spans 0 to 1/2 between a disc and a hexagon."""
+    if margin not in SHAPE_CREDITS:
+        raise ValueError(f"shape credit margin '{margin}'; expected one of {', '.join(SHAPE_CREDITS)}")
     if det.of(shape):
         return 1.0
     best = 0.0
     for o in det.objects:
         if shape not in o.shape_scores:
             continue
-        other = max((v for k, v in o.shape_scores.items() if k != shape), default=0.0)
-        best = max(best, float(np.clip(0.5 + (o.shape_scores[shape] - other) / SHAPE_MARGIN_SCALE, 0.0, 0.5)))
+        others = {k: v for k, v in o.shape_scores.items() if k != shape}
+        if not others:
+            continue
+        rival = max(others, key=others.get)
+        scale = SHAPE_MARGIN_SCALE if margin == "fixed" else 2.0 * template_distance(shape, rival)
+        best = max(best, float(np.clip(0.5 + (o.shape_scores[shape] - others[rival]) / scale, 0.0, 0.5)))
     return best
 
 
-def _item_score(item: RubricItem, det: Detection) -> float:
+def _item_score(item: RubricItem, det: Detection, shape_margin: str = "fixed") -> float:
     p = item.params
     if item.kind == "shape":
-        return shape_credit(det, p["shape"])
+        return shape_credit(det, p["shape"], shape_margin)
     if item.kind == "text":
         return text_similarity(det.text or "", p["word"])
     if item.kind == "colour":
@@ -205,12 +219,14 @@ def global_score(rubrics: Rubrics, det: Detection) -> float:
     return form * 0.7 ** (extra + malformed) * 0.9 ** min(det.fragments, 3)
 
 
-def score(image: Image.Image | np.ndarray, rubrics: Rubrics, detection: Detection | None = None) -> RubricScore:
-    """Per-item scores in [0, 1], the global rule, and the graded total in [0, 1]."""
+def score(image: Image.Image | np.ndarray, rubrics: Rubrics, detection: Detection | None = None,
+          shape_margin: str = "fixed") -> RubricScore:
+    """Per-item scores in [0, 1], the global rule, and the graded total in [0, 1]; `shape_margin`: how shape
+    items credit unrecognised blobs (`shape_credit`)."""
     needs_text = any(it.kind == "text" for it in rubrics.items)
     det = detection if detection is not None and (detection.text is not None or not needs_text) \
         else detect(image, ocr=needs_text)
-    scored = [(it, float(_item_score(it, det))) for it in rubrics.items]
+    scored = [(it, float(_item_score(it, det, shape_margin))) for it in rubrics.items]
     weights = np.array([it.weight for it, _ in scored]) if scored else np.ones(1)
     mean = float(np.dot(weights, [s for _, s in scored]) / weights.sum()) if scored else 1.0
     worst = min((s for _, s in scored), default=1.0)

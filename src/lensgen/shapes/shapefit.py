@@ -52,6 +52,16 @@ def templates() -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     return names, np.array(rots), unit, raw
 
 
+@functools.cache
+def template_distance(a: str, b: str) -> float:
+    """1 - the best cosine between shape a's and shape b's templates over their rotations: how far apart the
+    judge holds two shapes (hexagon-circle 0.011, star-triangle 0.18), the natural unit of a margin
+    between them."""
+    names, _, unit, _ = templates()
+    rows = np.asarray(names)
+    return float(1.0 - (unit[rows == a] @ unit[rows == b].T).max())
+
+
 def canonical_patch(alpha: np.ndarray) -> np.ndarray | None:
     """Warp a soft mask (h, w in [0, 1]) into the canonical GRID x GRID frame; None if it is empty."""
     mass = float(alpha.sum())
