@@ -173,6 +173,13 @@ def test_reference_from_refuses_lora_and_another_architecture(tmp_path, tiny_mod
         config(tmp_path, tiny_model, prompts, "nokl", 1, "optim.kl_guidance=3.0", "optim.kl_weight=0")
 
 
+def test_reward_shape_credit_reaches_the_rubric_rewards(tmp_path, tiny_model, prompts):
+    with pytest.raises(UserError, match="reward.shape_credit.*fixed or pair"):
+        config(tmp_path, tiny_model, prompts, "credit", 1, "reward.shape_credit=wide")
+    trainer = NFTTrainer(config(tmp_path, tiny_model, prompts, "pair", 1, "reward.shape_credit=pair"), progress=False)
+    assert {reward.shape_credit for reward, _ in trainer.reward.components.values()} == {"pair"}
+
+
 def test_group_spread_metric_ignores_the_spread_between_prompts():
     from lensgen.rl.trainer import _group_spreads
 
