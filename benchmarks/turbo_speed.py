@@ -5,6 +5,7 @@ per image, counted (one image's row in one transformer call is one pass; a CFG s
     python benchmarks/turbo_speed.py --student runs/distill-shapes/final          # teacher: the shipped model
     python benchmarks/turbo_speed.py --teacher DIR --student DIR --images 32 --rounds 3 --json out.json
     python benchmarks/turbo_speed.py --student DIR --grid grid.png      # also: teacher | student, same seeds
+    python benchmarks/turbo_speed.py --student DIR --same-decoder       # also: the teacher with the student's VAE
 
 The two are timed in alternation (`--rounds`, median of each), the same prompts and seeds, whole
 pipeline calls: text encoding, sampling and decoding, so the ratio is what a user of `lensgen generate`
@@ -14,7 +15,10 @@ gets. Lens-Turbo's targets: >= 4.5x the teacher's images/s, >= 8x where the teac
 Each model's FLOPs per image are counted too (`lensgen.compute.flop_counter`: text encoding, one
 transformer pass, decoding, and the whole call). Their ratio is the speed-up on a device that runs every
 FLOP at the same rate: the ceiling the measured ratio is read against. Text encoding and decoding are
-paid once per image by both models, so they cap the ratio below the ratio of transformer passes.
+paid once per image by both models, so they cap the ratio below the ratio of transformer passes. A student
+may ship a lighter decoder for the same VAE (`lensgen train-vae --set teacher=...`); `--same-decoder` then
+also times the teacher decoding through it, so the part of the speed-up the decoder buys is read apart from
+the part the few-step transformer buys.
 """
 
 from __future__ import annotations
@@ -76,36 +80,52 @@ def flops_per_image(pipe: LensPipeline, prompts: list[str], seed: int = 0) -> di
     return {name: value / n / 1e9 for name, value in parts.items()}
 
 
-def compare(teacher_dir: str, student_dir: str, images: int, batch: int, rounds: int, seed: int = 0) -> dict:
+def compare(teacher_dir: str, student_dir: str, images: int, batch: int, rounds: int, seed: int = 0,
+            same_decoder: bool = False) -> dict:
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(images)]
     models = {"teacher": LensPipeline.from_pretrained(teacher_dir),
               "student": LensPipeline.from_pretrained(student_dir)}
-    counters = {name: PassCounter(pipe.transformer) for name, pipe in models.items()}
+    if same_decoder:  # the teacher's transformer and text encoder, the student's codec (checked: same tokens)
+        from lensgen.models.vae import check_same_latents
+
+        teacher, student = models["teacher"], models["student"]
+        check_same_latents(student.codec, teacher.codec, f"the student's codec ({student_dir})")
+        models["teacher_student_decoder"] = LensPipeline(teacher.transformer, student.codec, teacher.text_encoder,
+                                                         teacher.defaults, name=f"{teacher.name}, student's VAE")
+    counter = {}  # one per transformer (the teacher's may serve two rows); passes are read around each call
+    for pipe in models.values():
+        counter.setdefault(id(pipe.transformer), PassCounter(pipe.transformer))
     for pipe in models.values():  # warm-up: first-call allocations, thread pools
         run_model(pipe, prompts[:batch], batch, seed)
     gflops = {name: flops_per_image(pipe, prompts[:batch], seed) for name, pipe in models.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
-    for counter in counters.values():
-        counter.rows = 0
+    passes = dict.fromkeys(models, 0)
     for _ in range(rounds):
         for name, pipe in models.items():
+            rows_before = counter[id(pipe.transformer)].rows
             start = time.perf_counter()
             run_model(pipe, prompts, batch, seed)
             times[name].append(time.perf_counter() - start)
+            passes[name] += counter[id(pipe.transformer)].rows - rows_before
     rows: dict = {}
     for name, pipe in models.items():
         seconds = statistics.median(times[name])
         d = pipe.defaults
-        rows[name] = {"model": teacher_dir if name == "teacher" else student_dir, "steps": d.steps, "cfg": d.cfg,
+        rows[name] = {"model": student_dir if name == "student" else teacher_dir, "steps": d.steps, "cfg": d.cfg,
                       "solver": d.solver, "size": f"{pipe.default_width}x{pipe.default_height}",
-                      "passes_per_image": counters[name].rows / (rounds * images),
+                      "passes_per_image": passes[name] / (rounds * images),
                       "seconds": seconds, "seconds_rounds": times[name], "images_per_s": images / seconds,
                       "gflops_per_image": gflops[name]}
     ratio = rows["student"]["images_per_s"] / rows["teacher"]["images_per_s"]
     flop_ratio = rows["teacher"]["gflops_per_image"]["call"] / rows["student"]["gflops_per_image"]["call"]
     target = 8.0 if rows["teacher"]["cfg"] != 1.0 else 4.5
-    return {"images": images, "batch": batch, "rounds": rounds, "threads": torch.get_num_threads(), **rows,
-            "speedup": ratio, "flop_ratio": flop_ratio, "target": target, "meets_target": ratio >= target}
+    result = {"images": images, "batch": batch, "rounds": rounds, "threads": torch.get_num_threads(), **rows,
+              "speedup": ratio, "flop_ratio": flop_ratio, "target": target, "meets_target": ratio >= target}
+    if same_decoder:
+        same = rows["teacher_student_decoder"]
+        result["speedup_same_decoder"] = rows["student"]["images_per_s"] / same["images_per_s"]
+        result["flop_ratio_same_decoder"] = same["gflops_per_image"]["call"] / rows["student"]["gflops_per_image"]["call"]
+    return result
 
 
 def side_by_side(teacher_dir: str, student_dir: str, path: str, seed: int = 0, scale: int = 2) -> None:
@@ -131,28 +151,36 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=8, help="images per pipeline call (default 8)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians reported)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--same-decoder", action="store_true",
+                        help="also time the teacher decoding through the student's VAE (a lighter decoder for the "
+                             "same latents): the speed-up owed to the transformer alone")
     parser.add_argument("--grid", help="also write a PNG: one row per prompt, teacher left, student right, "
                                        "same seeds")
     args = parser.parse_args(argv)
     if min(args.images, args.batch, args.rounds) < 1:
         parser.error("--images, --batch and --rounds must be at least 1")
-    result = compare(args.teacher, args.student, args.images, args.batch, args.rounds)
+    result = compare(args.teacher, args.student, args.images, args.batch, args.rounds,
+                     same_decoder=args.same_decoder)
+    names = [name for name in ("teacher", "teacher_student_decoder", "student") if name in result]
     print(f"{result['images']} images per model per round, batch {result['batch']}, {result['rounds']} rounds "
           f"(medians), threads={result['threads']}")
-    print(f"{'model':8s} {'steps':>5} {'cfg':>5} {'solver':>6} {'size':>7} {'passes/img':>10} {'s/round':>8} "
+    print(f"{'model':23s} {'steps':>5} {'cfg':>5} {'solver':>6} {'size':>7} {'passes/img':>10} {'s/round':>8} "
           f"{'img/s':>7}")
-    for name in ("teacher", "student"):
+    for name in names:
         r = result[name]
-        print(f"{name:8s} {r['steps']:5d} {r['cfg']:5.1f} {r['solver']:>6} {r['size']:>7} "
+        print(f"{name:23s} {r['steps']:5d} {r['cfg']:5.1f} {r['solver']:>6} {r['size']:>7} "
               f"{r['passes_per_image']:10.1f} {r['seconds']:8.2f} {r['images_per_s']:7.2f}")
-    print(f"{'GFLOP per image':16s} {'text':>6} {'1 pass':>7} {'decode':>7} {'call':>7}")
-    for name in ("teacher", "student"):
+    print(f"{'GFLOP per image':23s} {'text':>6} {'1 pass':>7} {'decode':>7} {'call':>7}")
+    for name in names:
         g = result[name]["gflops_per_image"]
-        print(f"{name:16s} {g['text']:6.3f} {g['transformer_pass']:7.3f} {g['decode']:7.3f} {g['call']:7.3f}")
+        print(f"{name:23s} {g['text']:6.3f} {g['transformer_pass']:7.3f} {g['decode']:7.3f} {g['call']:7.3f}")
     print(f"FLOP ratio (teacher / student per image): {result['flop_ratio']:.2f}x, the speed-up if every FLOP ran "
           f"at one rate")
     print(f"speed-up (student / teacher images/s): {result['speedup']:.2f}x (target >= {result['target']:g}x: "
           f"{'met' if result['meets_target'] else 'not met'})")
+    if args.same_decoder:
+        print(f"with the student's decoder in both: {result['speedup_same_decoder']:.2f}x measured, "
+              f"{result['flop_ratio_same_decoder']:.2f}x in FLOPs")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

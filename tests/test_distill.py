@@ -194,3 +194,38 @@ def test_a_cfg_free_teacher_runs_one_conditional_pass(tmp_path, teacher):
     both_cond, both_guided = trainer._teacher(x, sigma, grid, text)
     assert rows == [n, 2 * n] and not torch.allclose(both_guided, both_cond)
     torch.testing.assert_close(v_cond, both_cond, atol=1e-5, rtol=1e-5)
+
+
+def test_a_lighter_decoder_for_the_teachers_vae_is_exported_with_the_student(tmp_path, teacher):
+    """`model.codec`: the student decodes through a decoder distilled for the teacher's VAE (same tokens); a
+    codec that encodes differently is refused by field."""
+    from diffusers import AutoencoderKLFlux2
+
+    from lensgen.models.vae import SHAPES_VAE_DIR, Flux2VAECodec
+    from lensgen.train.shapes_vae import VAETrainConfig, run
+
+    light = run(VAETrainConfig(out_dir=str(tmp_path / "light"), teacher=str(SHAPES_VAE_DIR),
+                               decoder_channels=[16, 16, 16], steps=1, batch_size=2, bases=[32], stats_images=2,
+                               eval_images=2), progress=False)["final"]
+    summary = TurboTrainer(config(tmp_path, teacher, "light-student", 1, f"model.codec={light}"), progress=False).run()
+    pipe = LensPipeline.from_pretrained(summary["export"])
+    assert list(pipe.codec.vae.config.decoder_block_out_channels) == [16, 16, 16]
+    assert pipe("a red circle", seed=0)[0].size == (32, 32)
+    # the benchmark's --same-decoder: the teacher's passes decoded through the student's lighter VAE
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("turbo_speed", CONFIGS.parent / "benchmarks" / "turbo_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.compare(str(teacher), summary["export"], images=2, batch=2, rounds=1, same_decoder=True)
+    same, student, own = result["teacher_student_decoder"], result["student"], result["teacher"]
+    assert same["passes_per_image"] == own["passes_per_image"] == 12
+    assert same["gflops_per_image"]["decode"] == pytest.approx(student["gflops_per_image"]["decode"])
+    assert student["gflops_per_image"]["decode"] < 0.5 * own["gflops_per_image"]["decode"]
+    assert result["flop_ratio_same_decoder"] < result["flop_ratio"]
+
+    torch.manual_seed(0)
+    other = AutoencoderKLFlux2(**{k: v for k, v in dict(pipe.codec.vae.config).items() if not k.startswith("_")})
+    Flux2VAECodec(other).save_pretrained(tmp_path / "other")
+    with pytest.raises(UserError, match=r"model.codec .* encodes images to other tokens"):
+        TurboTrainer(config(tmp_path, teacher, "other", 1, f"model.codec={tmp_path / 'other'}"), progress=False)

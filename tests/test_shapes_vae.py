@@ -1,6 +1,7 @@
 """The Shapes VAE trainer (`lensgen train-vae`): a flux2-vae codec folder, exact latent statistics, exact resume."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -104,3 +105,61 @@ def test_codec_round_trip_ceiling(tmp_path, capsys):
     assert main(["eval", "shapes", "--ground-truth", "--codec", str(tmp_path), "--tasks", "single_object",
                  "--limit", "2", "--n-per-prompt", "1", "--no-progress"]) == 0
     assert "through the codec" in capsys.readouterr().out
+
+
+def distil(out, teacher, **kw) -> VAETrainConfig:
+    return tiny(out, teacher=str(teacher), **{"decoder_channels": [8, 8, 8], **kw})
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    """A tiny trained VAE's codec folder: the teacher whose decoder is distilled."""
+    return run(tiny(tmp_path_factory.mktemp("teacher") / "vae", steps=6), progress=False)["final"]
+
+
+def test_a_distilled_decoder_keeps_the_teachers_tokens_and_learns_its_decoder(tmp_path, tiny_teacher, capsys):
+    import yaml
+
+    teacher = load_codec(tiny_teacher)
+    config = tmp_path / "light.yaml"
+    config.write_text(yaml.safe_dump(asdict(distil(tmp_path / "light", tiny_teacher, steps=40, checkpoint_every=40,
+                                                   warmup_steps=5))))
+    assert main(["train-vae", "--config", str(config), "--quiet"]) == 0
+    assert "against the teacher's decoder on its tokens: PSNR" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "light" / "summary.json").read_text())
+    light = load_codec(summary["final"])
+    assert list(light.vae.config.decoder_block_out_channels) == [8, 8, 8]
+    assert sum(p.numel() for p in light.vae.decoder.parameters()) < \
+        0.6 * sum(p.numel() for p in teacher.vae.decoder.parameters())
+    # the encoder, quant conv and latent statistics are the teacher's, untouched: the very same tokens
+    for name, value in teacher.vae.state_dict().items():
+        if not name.startswith(("decoder.", "post_quant_conv.")):
+            assert torch.equal(value, light.vae.state_dict()[name]), name
+    images = scene_batch([(5, 1), (5, 2)], 32, 32)
+    assert torch.equal(light.encode(images), teacher.encode(images))
+    assert summary["reconstruction"]["teacher"]["max_token_difference"] == 0
+    # the new decoder learnt to reproduce the teacher's: its L1 to the teacher's output fell
+    log = [json.loads(ln) for ln in (tmp_path / "light" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["l1"] for r in log[-5:]) < 0.7 * sum(r["l1"] for r in log[:5])
+
+
+def test_a_distilled_decoder_resumes_exactly_and_names_bad_settings(tmp_path, tiny_teacher):
+    from lensgen.train.decoder_distill import DecoderDistiller
+
+    straight = DecoderDistiller(distil(tmp_path / "a", tiny_teacher), progress=False)
+    straight.train()
+    DecoderDistiller(distil(tmp_path / "b", tiny_teacher, steps=2), progress=False).train()
+    resumed = DecoderDistiller(distil(tmp_path / "b", tiny_teacher), resume=True, progress=False)
+    assert resumed.step == 2
+    resumed.train()
+    for (name, a), b in zip(straight.vae.state_dict().items(), resumed.vae.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(UserError, match=r"decoder_channels \[8, 8\] must be 3 numbers"):
+        DecoderDistiller(distil(tmp_path / "c", tiny_teacher, decoder_channels=[8, 8]))
+    with pytest.raises(UserError, match="multiple of its norm_num_groups"):
+        DecoderDistiller(distil(tmp_path / "c", tiny_teacher, decoder_channels=[8, 12, 8]))
+    with pytest.raises(UserError, match="teacher"):
+        VAETrainer(tiny(tmp_path / "c", decoder_channels=[8, 8, 8]))
+    PixelCodec(8).save_pretrained(tmp_path / "pixel")
+    with pytest.raises(UserError, match="only be distilled for a FLUX.2 VAE"):
+        DecoderDistiller(distil(tmp_path / "c", tmp_path / "pixel"))

@@ -15,6 +15,9 @@ class DistillModelConfig:
     teacher: str = "src/lensgen/assets/shapes-tiny"  # the pipeline folder distilled (the student starts as a copy)
     teacher_cfg: float = 0.0  # the real score's CFG scale; 0: the teacher's own default
     teacher_steps: int = 0  # the teacher's sampling steps the benchmark compares with; 0: its default
+    # A codec folder the student is exported with instead of the teacher's: a lighter decoder distilled for the
+    # teacher's VAE (`lensgen train-vae --set teacher=...`). It must encode exactly as the teacher's codec does.
+    codec: str = ""
 
 
 @dataclass

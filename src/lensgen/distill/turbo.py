@@ -42,6 +42,7 @@ from lensgen.inference.pipeline import LensPipeline, PipelineDefaults, StartingP
 from lensgen.io import atomic_write_json
 from lensgen.models.text_encoder import TextFeatures
 from lensgen.models.transformer import LensTransformer2DModel
+from lensgen.models.vae import check_same_latents, load_codec
 from lensgen.train import checkpoint as ckpt
 from lensgen.train.batch import collate
 from lensgen.train.ema import EMA
@@ -88,6 +89,10 @@ class TurboTrainer:
         self.teacher_defaults, self.teacher_name = start.defaults, start.name
         self.cfg_scale = config.model.teacher_cfg or self.teacher_defaults.cfg
         self.text_encoder, self.codec, student = start.text_encoder, start.codec, start.transformer
+        if config.model.codec:
+            codec = load_codec(config.model.codec, device=self.device)
+            check_same_latents(codec, start.codec, f"model.codec ({config.model.codec})")
+            self.codec = codec
         fake = copy.deepcopy(student)
         self.teacher = copy.deepcopy(student).requires_grad_(False).eval()
         head = DiscriminatorHead(student.config.width).to(self.device)

@@ -191,6 +191,22 @@ class Flux2VAECodec(LatentCodec):
         atomic_write_json(directory / CONFIG_NAME, {**self.config_dict(), "path": "."})
 
 
+@torch.no_grad()
+def check_same_latents(codec: LatentCodec, reference: LatentCodec, what: str) -> None:
+    """Refuse `codec` (named `what`) unless it encodes images to exactly `reference`'s tokens: then a model
+    trained in `reference`'s latent space can decode through it (e.g. a lighter decoder for the same VAE)."""
+    if (codec.spatial_factor, codec.token_channels) != (reference.spatial_factor, reference.token_channels):
+        raise UserError(f"{what} has {codec.token_channels}-channel tokens of {codec.spatial_factor} px, the model's "
+                        f"codec {reference.token_channels} of {reference.spatial_factor} px")
+    side = 4 * reference.spatial_factor
+    images = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ours, theirs = codec.encode(images.to(codec.device)), reference.encode(images.to(reference.device))
+    if not torch.allclose(ours.cpu(), theirs.cpu(), atol=1e-4, rtol=1e-4):
+        raise UserError(f"{what} encodes images to other tokens than the model's codec (largest difference "
+                        f"{(ours.cpu() - theirs.cpu()).abs().max().item():.3g}): only a decoder distilled for the "
+                        "same VAE (`lensgen train-vae --set teacher=...`) can replace it")
+
+
 def build_codec(config: dict, device=None, dtype=None) -> LatentCodec:
     """From a config dict (as `config_dict()` writes it). `device`/`dtype` are runtime choices."""
     if not isinstance(config, dict):
@@ -229,5 +245,6 @@ def load_codec(directory: str | os.PathLike, device=None, dtype=None) -> LatentC
     raise UserError(f"{directory} holds no codec: expected {CONFIG_NAME} or a diffusers config.json")
 
 
-__all__ = ["CONFIG_NAME", "SHAPES_VAE_DIR", "Flux2VAECodec", "LatentCodec", "PixelCodec", "build_codec", "flux2_spatial_factor",
+__all__ = ["CONFIG_NAME", "SHAPES_VAE_DIR", "Flux2VAECodec", "LatentCodec", "PixelCodec", "build_codec",
+           "check_same_latents", "flux2_spatial_factor",
            "load_codec", "patchify", "unpatchify"]

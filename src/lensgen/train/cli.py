@@ -48,6 +48,10 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
     print(f"trained {summary['steps']} steps ({summary['images_per_s']:.1f} images/s); reconstruction of "
           f"{rec['images']} scenes: PSNR {rec['psnr_db']:.1f} dB, judge agreement {rec['judge_agreement']:.3f}; "
           f"codec folder: {summary['final']}")
+    if "teacher" in rec:
+        t = rec["teacher"]
+        print(f"against the teacher's decoder on its tokens: PSNR {t['psnr_db']:.1f} dB, judge agreement "
+              f"{t['judge_agreement']:.3f}")
     return 0
 
 
@@ -73,7 +77,10 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                     "2x2 patches = 8 px per 16-value token) on Shapes scenes rendered on the fly at the bucket "
                     "sizes. Writes OUT/metrics.jsonl, OUT/checkpoint.pt (resumable with --resume), OUT/final (a "
                     "codec folder: use it as `model.codec: {backend: flux2-vae, path: OUT/final}`) and "
-                    "OUT/summary.json with the reconstruction report (PSNR, judge agreement).",
+                    "OUT/summary.json with the reconstruction report (PSNR, judge agreement). With "
+                    "`--set teacher=CODEC_DIR --set 'decoder_channels=[16, 16, 32]'` it distils a lighter decoder "
+                    "for that VAE instead (its encoder and latent statistics kept, so models trained on it decode "
+                    "through the new one unchanged): configs/shapes-vae-light-decoder.yaml.",
     )
     add_config_arguments(v, "configs/shapes-vae.yaml")
     v.add_argument("--out-dir", help="same as --set out_dir=... (default runs/shapes-vae)")

@@ -53,7 +53,7 @@ SHAPES_VAE: dict = {
 
 # Settings that shape the training trajectory: a resumed run must keep them (steps may grow).
 TRAJECTORY_FIELDS = ("batch_size", "lr", "warmup_steps", "min_lr_ratio", "kl_weight", "bases", "multiple", "seed",
-                     "vae")
+                     "vae", "teacher", "decoder_channels")
 
 
 @dataclass
@@ -73,6 +73,10 @@ class VAETrainConfig(Validated):
     eval_images: int = 128  # held-out scenes (64x64) for the reconstruction report
     threads: int = 0  # torch threads (0: torch's default)
     vae: dict = field(default_factory=lambda: dict(SHAPES_VAE))  # AutoencoderKLFlux2 kwargs
+    # Set both to distil a lighter decoder for an existing VAE instead (lensgen.train.decoder_distill): its
+    # codec folder, and the new decoder's channels per block (AutoencoderKLFlux2's decoder_block_out_channels).
+    teacher: str = ""
+    decoder_channels: list[int] = field(default_factory=list)
     schedule: ClassVar[str] = "cosine"  # warm-up then cosine, by the transformer trainer's `lr_at`
 
     def checks(self) -> list[tuple[bool, str, str]]:
@@ -82,6 +86,10 @@ class VAETrainConfig(Validated):
             *((getattr(self, name) >= 0, name, "a number >= 0") for name in ("lr", "kl_weight", "min_lr_ratio")),
             (bool(self.bases) and all(b > 0 and b % self.multiple == 0 for b in self.bases), "bases",
              f"positive multiples of multiple ({self.multiple})"),
+            (not self.teacher or (bool(self.decoder_channels) and all(c >= 1 for c in self.decoder_channels)),
+             "decoder_channels", "the distilled decoder's channels per block, e.g. [16, 16, 32], with `teacher`"),
+            (bool(self.teacher) or not self.decoder_channels, "teacher",
+             "the codec folder whose decoder is distilled (decoder_channels is set)"),
         ]
 
 
@@ -119,12 +127,12 @@ class VAETrainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        self.vae = build_vae(cfg.vae)
+        self.vae = self.build_vae()
         self.table = BucketTable(cfg.bases, cfg.multiple)
         factor = flux2_spatial_factor(self.vae.config)
         if cfg.multiple % factor:
             raise UserError(f"train-vae: multiple {cfg.multiple} is not a multiple of the VAE's {factor} px per token")
-        self.optimizer = torch.optim.AdamW(self.vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=cfg.lr, weight_decay=0.0)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.ckpt = self.out / "checkpoint.pt"
@@ -139,6 +147,15 @@ class VAETrainer:
             self.generator.set_state(state["generator"])
             self.step = state["step"]
         self._trim_metrics()
+
+    def build_vae(self):
+        return build_vae(self.cfg.vae)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.vae.parameters())
+
+    def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return vae_loss(self.vae, images, self.cfg.kl_weight, self.generator)
 
     def _trim_metrics(self) -> None:
         """metrics.jsonl keeps each step once: a fresh run starts it anew, a resumed one drops the lines a
@@ -172,7 +189,7 @@ class VAETrainer:
                 lr = lr_at(self.step, cfg)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                loss, parts = vae_loss(self.vae, self.batch(self.step), cfg.kl_weight, self.generator)
+                loss, parts = self.loss(self.batch(self.step))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -209,9 +226,12 @@ class VAETrainer:
         self.vae.bn.running_mean.copy_(mean.float())
         self.vae.bn.running_var.copy_(var.float())
 
+    def prepare_export(self) -> None:
+        self.set_latent_statistics()
+
     def export(self) -> Path:
         """Write OUT/final (a `flux2-vae` codec folder) atomically: a temp folder, then a rename."""
-        self.set_latent_statistics()
+        self.prepare_export()
         final, tmp = self.out / "final", self.out / "final.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         Flux2VAECodec(self.vae).save_pretrained(tmp)
@@ -240,11 +260,20 @@ def reconstruction_report(codec, n: int, seed: int = 0, size: int = 64) -> dict:
 
 
 def run(cfg: VAETrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    trainer = VAETrainer(cfg, resume=resume, progress=progress)
+    """Train (a VAE, or with `teacher` a lighter decoder for one), export OUT/final, report, write summary.json."""
+    if cfg.teacher:
+        from lensgen.train.decoder_distill import DecoderDistiller, decoder_agreement
+
+        trainer = DecoderDistiller(cfg, resume=resume, progress=progress)
+    else:
+        trainer = VAETrainer(cfg, resume=resume, progress=progress)
     start = trainer.step
     log = trainer.train()
     final = trainer.export()
-    report = reconstruction_report(load_codec(final), cfg.eval_images, seed=cfg.seed)
+    codec = load_codec(final)
+    report = reconstruction_report(codec, cfg.eval_images, seed=cfg.seed)
+    if cfg.teacher:
+        report["teacher"] = decoder_agreement(codec, load_codec(cfg.teacher), cfg.eval_images, seed=cfg.seed)
     done = trainer.step - start
     summary = {"steps": trainer.step, "final": str(final), "reconstruction": report,
                "train_seconds": trainer.train_seconds,
