@@ -202,7 +202,8 @@ def test_a_lighter_decoder_for_the_teachers_vae_is_exported_with_the_student(tmp
     from diffusers import AutoencoderKLFlux2
 
     from lensgen.models.vae import SHAPES_VAE_DIR, Flux2VAECodec
-    from lensgen.train.shapes_vae import VAETrainConfig, run
+    from lensgen.train.decoder_distill import run
+    from lensgen.train.shapes_vae import VAETrainConfig
 
     light = run(VAETrainConfig(out_dir=str(tmp_path / "light"), teacher=str(SHAPES_VAE_DIR),
                                decoder_channels=[16, 16, 16], steps=1, batch_size=2, bases=[32], stats_images=2,

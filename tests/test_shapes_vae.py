@@ -160,6 +160,8 @@ def test_a_distilled_decoder_resumes_exactly_and_names_bad_settings(tmp_path, ti
         DecoderDistiller(distil(tmp_path / "c", tiny_teacher, decoder_channels=[8, 12, 8]))
     with pytest.raises(UserError, match="teacher"):
         VAETrainer(tiny(tmp_path / "c", decoder_channels=[8, 8, 8]))
+    with pytest.raises(UserError, match="distils a decoder"):
+        run(distil(tmp_path / "c", tiny_teacher))
     PixelCodec(8).save_pretrained(tmp_path / "pixel")
     with pytest.raises(UserError, match="only be distilled for a FLUX.2 VAE"):
         DecoderDistiller(distil(tmp_path / "c", tmp_path / "pixel"))

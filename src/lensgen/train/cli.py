@@ -40,9 +40,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_train_vae(args: argparse.Namespace) -> int:
     from lensgen.config import load_config
-    from lensgen.train.shapes_vae import VAETrainConfig, run
+    from lensgen.train import decoder_distill, shapes_vae
 
-    config = load_config(VAETrainConfig, args.config, config_overrides(args, "steps"))
+    config = load_config(shapes_vae.VAETrainConfig, args.config, config_overrides(args, "steps"))
+    run = decoder_distill.run if config.teacher else shapes_vae.run
     summary = run(config, resume=args.resume, progress=not args.quiet)
     rec = summary["reconstruction"]
     print(f"trained {summary['steps']} steps ({summary['images_per_s']:.1f} images/s); reconstruction of "

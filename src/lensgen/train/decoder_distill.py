@@ -20,6 +20,7 @@ import torch
 
 from lensgen.errors import UserError
 from lensgen.models.vae import Flux2VAECodec, load_codec
+from lensgen.train import shapes_vae
 from lensgen.train.shapes_vae import VAETrainer, build_vae, scene_batch
 
 # The parts a distilled decoder trains; everything else is the teacher's, frozen.
@@ -72,6 +73,17 @@ class DecoderDistiller(VAETrainer):
     def prepare_export(self) -> None:
         """Nothing to set: the BatchNorm statistics are the teacher's, so tokens keep their meaning."""
 
+    def report(self, codec) -> dict:
+        """The round trip, plus how closely the new decoder follows the teacher's on the teacher's tokens."""
+        cfg = self.cfg
+        return {**super().report(codec),
+                "teacher": decoder_agreement(codec, load_codec(cfg.teacher), cfg.eval_images, seed=cfg.seed)}
+
+
+def run(cfg, resume: bool = False, progress: bool = True) -> dict:
+    """`lensgen train-vae` with `teacher` set: distil, export OUT/final, report, write OUT/summary.json."""
+    return shapes_vae.run(cfg, resume=resume, progress=progress, trainer_class=DecoderDistiller)
+
 
 @torch.no_grad()
 def decoder_agreement(codec, teacher, n: int, seed: int = 0, size: int = 64) -> dict:
@@ -96,4 +108,4 @@ def decoder_agreement(codec, teacher, n: int, seed: int = 0, size: int = 64) -> 
             "max_token_difference": max_token_diff}
 
 
-__all__ = ["DECODER_PREFIXES", "DecoderDistiller", "decoder_agreement", "decoder_config"]
+__all__ = ["DECODER_PREFIXES", "DecoderDistiller", "decoder_agreement", "decoder_config", "run"]

@@ -229,6 +229,10 @@ class VAETrainer:
     def prepare_export(self) -> None:
         self.set_latent_statistics()
 
+    def report(self, codec) -> dict:
+        """How good the exported `codec` is: the round trip of `eval_images` scenes."""
+        return reconstruction_report(codec, self.cfg.eval_images, seed=self.cfg.seed)
+
     def export(self) -> Path:
         """Write OUT/final (a `flux2-vae` codec folder) atomically: a temp folder, then a rename."""
         self.prepare_export()
@@ -259,21 +263,17 @@ def reconstruction_report(codec, n: int, seed: int = 0, size: int = 64) -> dict:
     return {"images": n, "size": size, "psnr_db": float(np.mean(psnrs)), "judge_agreement": same / n}
 
 
-def run(cfg: VAETrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Train (a VAE, or with `teacher` a lighter decoder for one), export OUT/final, report, write summary.json."""
-    if cfg.teacher:
-        from lensgen.train.decoder_distill import DecoderDistiller, decoder_agreement
-
-        trainer = DecoderDistiller(cfg, resume=resume, progress=progress)
-    else:
-        trainer = VAETrainer(cfg, resume=resume, progress=progress)
+def run(cfg: VAETrainConfig, resume: bool = False, progress: bool = True, trainer_class=None) -> dict:
+    """Train, export OUT/final, report, write OUT/summary.json. `trainer_class`: VAETrainer (the default), or
+    `decoder_distill.DecoderDistiller` for a config with `teacher` (`decoder_distill.run` passes it)."""
+    trainer_class = trainer_class or VAETrainer
+    if cfg.teacher and trainer_class is VAETrainer:
+        raise UserError("train-vae: with `teacher` set the run distils a decoder: lensgen.train.decoder_distill.run")
+    trainer = trainer_class(cfg, resume=resume, progress=progress)
     start = trainer.step
     log = trainer.train()
     final = trainer.export()
-    codec = load_codec(final)
-    report = reconstruction_report(codec, cfg.eval_images, seed=cfg.seed)
-    if cfg.teacher:
-        report["teacher"] = decoder_agreement(codec, load_codec(cfg.teacher), cfg.eval_images, seed=cfg.seed)
+    report = trainer.report(load_codec(final))
     done = trainer.step - start
     summary = {"steps": trainer.step, "final": str(final), "reconstruction": report,
                "train_seconds": trainer.train_seconds,
