@@ -96,9 +96,9 @@ def decoder_agreement(codec, teacher, n: int, seed: int = 0, size: int = 64) -> 
     psnrs, same, max_token_diff = [], 0, 0.0
     for start in range(0, n, 16):
         seeds = [(seed, 15485863, i) for i in range(start, min(n, start + 16))]
-        tokens = teacher.encode(scene_batch(seeds, size, size, split="any"))
-        max_token_diff = max(max_token_diff, (codec.encode(scene_batch(seeds, size, size, split="any")) - tokens)
-                             .abs().max().item())
+        images = scene_batch(seeds, size, size, split="any")
+        tokens = teacher.encode(images)
+        max_token_diff = max(max_token_diff, (codec.encode(images) - tokens).abs().max().item())
         ours, theirs = codec.decode(tokens), teacher.decode(tokens)
         mse = ((ours - theirs) / 2).pow(2).flatten(1).mean(1)
         psnrs += (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).tolist()

@@ -138,7 +138,8 @@ class VAETrainer:
         self.ckpt = self.out / "checkpoint.pt"
         if resume and self.ckpt.is_file():
             state = torch.load(self.ckpt, weights_only=False)
-            changed = sorted(k for k in TRAJECTORY_FIELDS if state["config"].get(k) != asdict(cfg)[k])
+            defaults = asdict(VAETrainConfig())  # for a field newer than the checkpoint
+            changed = sorted(k for k in TRAJECTORY_FIELDS if state["config"].get(k, defaults[k]) != asdict(cfg)[k])
             if changed:
                 raise UserError(f"{self.ckpt} was written with other settings than these ({', '.join(changed)}); "
                                 "a resumed run may change only steps and the reporting settings")
