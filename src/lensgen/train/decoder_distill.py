@@ -21,7 +21,7 @@ import torch
 from lensgen.errors import UserError
 from lensgen.models.vae import Flux2VAECodec, load_codec
 from lensgen.train import shapes_vae
-from lensgen.train.shapes_vae import VAETrainer, build_vae, scene_batch
+from lensgen.train.shapes_vae import VAETrainer, build_vae, image_agreement, scene_batch
 
 # The parts a distilled decoder trains; everything else is the teacher's, frozen.
 DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
@@ -46,6 +46,7 @@ class DecoderDistiller(VAETrainer):
         if not isinstance(teacher, Flux2VAECodec):
             raise UserError(f"train-vae: teacher {self.cfg.teacher} is a {type(teacher).__name__}; a decoder can "
                             "only be distilled for a FLUX.2 VAE (flux2-vae codec)")
+        self.teacher = teacher
         self.teacher_vae = teacher.vae.float().eval().requires_grad_(False)
         vae = build_vae(decoder_config(self.teacher_vae, self.cfg.decoder_channels))
         kept = {k: v for k, v in self.teacher_vae.state_dict().items() if not k.startswith("decoder.")}
@@ -58,7 +59,7 @@ class DecoderDistiller(VAETrainer):
         return vae
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for name, p in self.vae.named_parameters() if name.startswith(DECODER_PREFIXES)]
+        return [p for p in self.vae.parameters() if p.requires_grad]  # the decoder's, as build_vae set
 
     def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """L1 + MSE between the new decoder and the teacher's on a posterior sample of `images`."""
@@ -75,9 +76,8 @@ class DecoderDistiller(VAETrainer):
 
     def report(self, codec) -> dict:
         """The round trip, plus how closely the new decoder follows the teacher's on the teacher's tokens."""
-        cfg = self.cfg
         return {**super().report(codec),
-                "teacher": decoder_agreement(codec, load_codec(cfg.teacher), cfg.eval_images, seed=cfg.seed)}
+                "teacher": decoder_agreement(codec, self.teacher, self.cfg.eval_images, seed=self.cfg.seed)}
 
 
 def run(cfg, resume: bool = False, progress: bool = True) -> dict:
@@ -90,20 +90,14 @@ def decoder_agreement(codec, teacher, n: int, seed: int = 0, size: int = 64) -> 
     """How closely `codec` decodes like `teacher` on the tokens `teacher` encodes `n` Shapes scenes to (held-out
     ones included): PSNR between the two decodes, the share the judge reads as the same objects, and whether the
     two encode to the same tokens (they must, for a model trained on the teacher's to use the new one)."""
-    from lensgen.images import to_pil
-    from lensgen.shapes.judge import detect
-
     psnrs, same, max_token_diff = [], 0, 0.0
     for start in range(0, n, 16):
         seeds = [(seed, 15485863, i) for i in range(start, min(n, start + 16))]
         images = scene_batch(seeds, size, size, split="any")
         tokens = teacher.encode(images)
         max_token_diff = max(max_token_diff, (codec.encode(images) - tokens).abs().max().item())
-        ours, theirs = codec.decode(tokens), teacher.decode(tokens)
-        mse = ((ours - theirs) / 2).pow(2).flatten(1).mean(1)
-        psnrs += (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).tolist()
-        for a, b in zip(to_pil(ours), to_pil(theirs)):
-            same += detect(a).counts() == detect(b).counts()
+        batch_psnrs, batch_same = image_agreement(codec.decode(tokens), teacher.decode(tokens))
+        psnrs, same = psnrs + batch_psnrs, same + batch_same
     return {"images": n, "psnr_db": float(np.mean(psnrs)), "judge_agreement": same / n,
             "max_token_difference": max_token_diff}
 

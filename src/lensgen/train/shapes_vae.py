@@ -245,22 +245,27 @@ class VAETrainer:
         return final
 
 
+def image_agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[list[float], int]:
+    """Two batches of images in [-1, 1]: the PSNR of each pair (dB), and how many pairs the judge reads as the
+    same (colour, shape) counts."""
+    from lensgen.images import to_pil
+    from lensgen.shapes.judge import detect
+
+    mse = ((a - b) / 2).pow(2).flatten(1).mean(1)
+    psnrs = (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).tolist()
+    return psnrs, sum(detect(x).counts() == detect(y).counts() for x, y in zip(to_pil(a), to_pil(b)))
+
+
 @torch.no_grad()
 def reconstruction_report(codec, n: int, seed: int = 0, size: int = 64) -> dict:
     """How faithful `codec` is on `n` Shapes scenes from the whole world (held-out ones included): PSNR of the
     round trip, and the share of images where the judge reads back the same (colour, shape) counts."""
-    from lensgen.images import to_pil
-    from lensgen.shapes.judge import detect
-
     psnrs, same = [], 0
     for start in range(0, n, 16):
         seeds = [(seed, 15485863, i) for i in range(start, min(n, start + 16))]
         images = scene_batch(seeds, size, size, split="any")
-        recon = codec.decode(codec.encode(images))
-        mse = ((recon - images) / 2).pow(2).flatten(1).mean(1)
-        psnrs += (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).tolist()
-        for original, rebuilt in zip(to_pil(images), to_pil(recon)):
-            same += detect(original).counts() == detect(rebuilt).counts()
+        batch_psnrs, batch_same = image_agreement(images, codec.decode(codec.encode(images)))
+        psnrs, same = psnrs + batch_psnrs, same + batch_same
     return {"images": n, "size": size, "psnr_db": float(np.mean(psnrs)), "judge_agreement": same / n}
 
 
@@ -285,5 +290,5 @@ def run(cfg: VAETrainConfig, resume: bool = False, progress: bool = True, traine
     return summary
 
 
-__all__ = ["SHAPES_VAE", "VAETrainConfig", "VAETrainer", "build_vae", "reconstruction_report", "run", "scene_batch",
-           "vae_loss"]
+__all__ = ["SHAPES_VAE", "VAETrainConfig", "VAETrainer", "build_vae", "image_agreement", "reconstruction_report", "run",
+           "scene_batch", "vae_loss"]
