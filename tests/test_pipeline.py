@@ -30,6 +30,16 @@ def test_call_returns_images_of_the_requested_size(pipe):
     assert all(im.mode == "RGB" for im in images)
 
 
+def test_latent_output_is_what_the_images_decode_from(pipe):
+    latents = pipe("a red circle", height=48, width=64, steps=2, seed=3, output_type="latent")
+    f = pipe.codec.spatial_factor
+    assert latents.shape == (1, pipe.codec.token_channels, 48 // f, 64 // f)
+    images = pipe("a red circle", height=48, width=64, steps=2, seed=3, output_type="pt")
+    torch.testing.assert_close(pipe.codec.decode(latents).clamp(-1, 1), images)
+    with pytest.raises(UserError, match='output_type must be "pil", "pt" or "latent"'):
+        pipe("a red circle", steps=2, output_type="np")
+
+
 def test_seeds_reproduce_and_are_per_sample(pipe):
     a = pipe("a red circle", height=64, width=64, steps=2, seed=7, output_type="pt")
     b = pipe("a red circle", height=64, width=64, steps=2, seed=7, output_type="pt")

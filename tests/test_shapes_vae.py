@@ -169,3 +169,90 @@ def test_a_distilled_decoder_resumes_exactly_and_names_bad_settings(tmp_path, ti
     PixelCodec(8).save_pretrained(tmp_path / "pixel")
     with pytest.raises(UserError, match="only be distilled for a FLUX.2 VAE"):
         DecoderDistiller(distil(tmp_path / "c", tmp_path / "pixel"))
+
+
+SHIPPED_VAE = "src/lensgen/assets/shapes-tiny-base/vae"
+
+
+def test_a_decoder_learns_the_latents_a_model_samples(tmp_path, monkeypatch):
+    """latent_model: part of each batch is latents the Turbo model samples (kept in OUT/latent_pool), decoded by
+    the teacher and the new decoder alike; decoder_init starts from an earlier distilled decoder."""
+    from lensgen.inference.pipeline import LensPipeline
+    from lensgen.train import decoder_distill
+    from lensgen.train.decoder_distill import DecoderDistiller
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a red circle\ntwo blue squares\na green star above a yellow triangle\n")
+    first = run(tiny(tmp_path / "first", teacher=SHIPPED_VAE, decoder_channels=[16, 16, 16], steps=2),
+                trainer_class=DecoderDistiller, progress=False)["final"]
+    sampled = dict(teacher=SHIPPED_VAE, decoder_channels=[16, 16, 16], decoder_init=str(first),
+                   latent_model="shapes-tiny-turbo", latent_prompts=str(prompts), latent_count=6,
+                   latent_fraction=0.34)
+    trainer = DecoderDistiller(tiny(tmp_path / "light", **sampled), progress=False)
+    # the decoder starts as decoder_init's; everything else is the teacher's
+    started = load_codec(first).vae.state_dict()
+    for name, value in trainer.vae.state_dict().items():
+        assert torch.equal(value, started[name]), name
+    # the pool: the model's own samples at its defaults, one of the file's prompts each, noise seed = index
+    pipe = LensPipeline.from_pretrained("shapes-tiny-turbo")
+    assert trainer.pool.shape == (6, 16, 8, 8)
+    lines = prompts.read_text().splitlines()
+    assert any(torch.allclose(trainer.pool[2:3], pipe(p, seed=2, output_type="latent"), atol=1e-4) for p in lines)
+    # a batch of 3: one latent from the pool, two scenes; both parts are in the loss
+    images, tokens = trainer.batch(0)
+    assert images.shape[0] == 2 and tokens.shape == (1, 16, 8, 8)
+    assert any(torch.equal(tokens[0], z) for z in trainer.pool)
+    z = trainer.teacher_latents(tokens)
+    torch.testing.assert_close(trainer.teacher_vae.decode(z).sample.clamp(-1, 1), trainer.teacher.decode(tokens))
+    trainer.train()
+    record = json.loads((tmp_path / "light" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"l1", "l1_sampled", "mse_sampled"} <= set(record)
+    # the pool is read back, not sampled again, while its settings hold, and sampled anew when they change
+    monkeypatch.setattr(decoder_distill.LatentSampler, "sample", lambda *a, **k: pytest.fail("sampled again"))
+    again = DecoderDistiller(tiny(tmp_path / "light", **sampled), progress=False)
+    torch.testing.assert_close(again.pool, trainer.pool, rtol=0, atol=0)
+    monkeypatch.undo()
+    assert DecoderDistiller(tiny(tmp_path / "light", **{**sampled, "latent_count": 4}), progress=False).pool.shape[0] == 4
+    # a resumed run continues exactly
+    half = DecoderDistiller(tiny(tmp_path / "half", **sampled, steps=2), progress=False)
+    half.train()
+    resumed = DecoderDistiller(tiny(tmp_path / "half", **sampled), resume=True, progress=False)
+    torch.testing.assert_close(resumed.pool, trainer.pool, rtol=0, atol=0)
+    resumed.train()
+    for (name, a), b in zip(trainer.vae.state_dict().items(), resumed.vae.state_dict().values()):
+        assert torch.equal(a, b), name
+    # a whole batch of sampled latents; the report adds the agreement on fresh samples
+    summary = run(tiny(tmp_path / "all", **{**sampled, "latent_fraction": 1.0}, eval_images=2),
+                  trainer_class=DecoderDistiller, progress=False)
+    assert summary["reconstruction"]["sampled"]["images"] == 2
+    assert 0 <= summary["reconstruction"]["sampled"]["judge_agreement"] <= 1
+
+
+def test_sampled_latent_settings_are_checked(tmp_path, tiny_teacher):
+    from lensgen.data.rl_prompts.config import load_rl_prompts_config
+    from lensgen.data.rl_prompts.grammar import write_shapes_prompts
+    from lensgen.train.decoder_distill import DecoderDistiller, read_prompt_texts
+
+    with pytest.raises(UserError, match="latent_prompts: expected a prompts file"):
+        distil(tmp_path / "c", tiny_teacher, latent_model="shapes-tiny-turbo")
+    with pytest.raises(UserError, match=r"latent_fraction: expected a share of the batch in \[0, 1\]"):
+        distil(tmp_path / "c", tiny_teacher, latent_fraction=1.5)
+    with pytest.raises(UserError, match="teacher: expected the codec folder"):
+        tiny(tmp_path / "c", latent_model="shapes-tiny-turbo", latent_prompts="p.txt")
+    # the model must sample in the teacher's latent space
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n")
+    with pytest.raises(UserError, match="latent_model shapes-tiny-turbo's codec encodes images to other tokens"):
+        DecoderDistiller(distil(tmp_path / "c", tiny_teacher, latent_model="shapes-tiny-turbo",
+                                latent_prompts=str(prompts)))
+    with pytest.raises(UserError, match="latent_prompts .*missing.txt does not exist"):
+        read_prompt_texts(str(tmp_path / "missing.txt"))
+    light = run(distil(tmp_path / "light", tiny_teacher, steps=1), trainer_class=DecoderDistiller,
+                progress=False)["final"]
+    with pytest.raises(UserError, match=r"decoder_init .* has channels \[8, 8, 8\], not decoder_channels \[8, 8, 16\]"):
+        DecoderDistiller(distil(tmp_path / "c", tiny_teacher, decoder_channels=[8, 8, 16], decoder_init=light))
+    # an RL prompt set is read as one (held-out rules checked), a plain file line by line
+    rl = tmp_path / "rl.jsonl"
+    write_shapes_prompts(rl, load_rl_prompts_config(None, {"n": 20, "seed": 1}))
+    assert read_prompt_texts(str(rl)) == [json.loads(ln)["prompt"] for ln in rl.read_text().splitlines()]
+    assert read_prompt_texts(str(prompts)) == ["a red circle"]

@@ -325,7 +325,11 @@ class LensPipeline:
         reasoner: Callable[..., list[str]] | None = None,
     ) -> list[Image.Image] | torch.Tensor:
         """reasoner: rewrites the prompts before encoding, called as reasoner(prompts, aspect=width / height,
-        seeds=seeds) -> list[str] (a `lensgen.reasoner` backend, or any callable of that form)."""
+        seeds=seeds) -> list[str] (a `lensgen.reasoner` backend, or any callable of that form).
+        output_type: "pil" (images), "pt" ((B, 3, H, W) in [-1, 1]) or "latent" (the sampled (B, C, H/f, W/f)
+        tokens before decoding, in the codec's normalised space; `codec.decode` turns them into images)."""
+        if output_type not in ("pil", "pt", "latent"):
+            raise UserError(f'output_type must be "pil", "pt" or "latent", got {output_type!r}')
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise UserError("no prompt given")
@@ -351,6 +355,8 @@ class LensPipeline:
         sigmas = sampling_sigmas(steps, grid[0] * grid[1], schedule=self.defaults.schedule)
         tokens = sample(velocity_fn, noise, sigmas, solver=self.defaults.solver, progress=progress)
         latents = tokens.transpose(1, 2).unflatten(2, grid)
+        if output_type == "latent":
+            return latents
         images = self.codec.decode(latents.to(self.codec.dtype)).float().clamp(-1, 1)
         if output_type == "pt":
             return images

@@ -53,6 +53,10 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
         t = rec["teacher"]
         print(f"against the teacher's decoder on its tokens: PSNR {t['psnr_db']:.1f} dB, judge agreement "
               f"{t['judge_agreement']:.3f}")
+    if "sampled" in rec:
+        t = rec["sampled"]
+        print(f"against the teacher's decoder on {t['images']} fresh latents of {config.latent_model}: "
+              f"PSNR {t['psnr_db']:.1f} dB, judge agreement {t['judge_agreement']:.3f}")
     return 0
 
 
@@ -81,7 +85,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                     "OUT/summary.json with the reconstruction report (PSNR, judge agreement). With "
                     "`--set teacher=CODEC_DIR --set 'decoder_channels=[16, 16, 32]'` it distils a lighter decoder "
                     "for that VAE instead (its encoder and latent statistics kept, so models trained on it decode "
-                    "through the new one unchanged): configs/shapes-vae-light-decoder.yaml.",
+                    "through the new one unchanged); `latent_model` and `latent_prompts` add latents that model "
+                    "samples to every batch: configs/shapes-vae-light-decoder.yaml.",
     )
     add_config_arguments(v, "configs/shapes-vae.yaml")
     v.add_argument("--out-dir", help="same as --set out_dir=... (default runs/shapes-vae)")

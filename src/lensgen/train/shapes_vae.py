@@ -53,7 +53,8 @@ SHAPES_VAE: dict = {
 
 # Settings that shape the training trajectory: a resumed run must keep them (steps may grow).
 TRAJECTORY_FIELDS = ("batch_size", "lr", "warmup_steps", "min_lr_ratio", "kl_weight", "bases", "multiple", "seed",
-                     "vae", "teacher", "decoder_channels")
+                     "vae", "teacher", "decoder_channels", "decoder_init", "latent_model", "latent_prompts",
+                     "latent_count", "latent_fraction")
 
 
 @dataclass
@@ -77,6 +78,15 @@ class VAETrainConfig(Validated):
     # codec folder, and the new decoder's channels per block (AutoencoderKLFlux2's decoder_block_out_channels).
     teacher: str = ""
     decoder_channels: list[int] = field(default_factory=list)
+    decoder_init: str = ""  # a VAE folder distilled this way (same decoder_channels) whose decoder starts this one
+    # Also with `teacher`: latents a model of the teacher's latent space samples (a pipeline name or folder, at
+    # its defaults) for prompts from `latent_prompts` (a prompts file, e.g. `lensgen data rl-prompts`), so the
+    # decoder learns the latents it will be given, not only the encoder's. `latent_count` are sampled once
+    # (OUT/latent_pool.safetensors); `latent_fraction` of every batch is drawn from them.
+    latent_model: str = ""
+    latent_prompts: str = ""
+    latent_count: int = 4096
+    latent_fraction: float = 0.5
     schedule: ClassVar[str] = "cosine"  # warm-up then cosine, by the transformer trainer's `lr_at`
 
     def checks(self) -> list[tuple[bool, str, str]]:
@@ -88,8 +98,12 @@ class VAETrainConfig(Validated):
              f"positive multiples of multiple ({self.multiple})"),
             (not self.teacher or (bool(self.decoder_channels) and all(c >= 1 for c in self.decoder_channels)),
              "decoder_channels", "the distilled decoder's channels per block, e.g. [16, 16, 32], with `teacher`"),
-            (bool(self.teacher) or not self.decoder_channels, "teacher",
-             "the codec folder whose decoder is distilled (decoder_channels is set)"),
+            (bool(self.teacher) or not (self.decoder_channels or self.decoder_init or self.latent_model), "teacher",
+             "the codec folder whose decoder is distilled (decoder_channels, decoder_init or latent_model is set)"),
+            (not self.latent_model or bool(self.latent_prompts), "latent_prompts",
+             "a prompts file for latent_model to sample (one prompt a line, or JSONL with a \"prompt\" field)"),
+            (self.latent_count >= 1, "latent_count", "a positive integer"),
+            (0 <= self.latent_fraction <= 1, "latent_fraction", "a share of the batch in [0, 1]"),
         ]
 
 
@@ -166,9 +180,10 @@ class VAETrainer:
             lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
             atomic_write_text(path, "".join(ln + "\n" for ln in lines))
 
-    def batch(self, step: int) -> torch.Tensor:
+    def batch(self, step: int, count: int | None = None) -> torch.Tensor:
+        """Step `step`'s scenes (`count` of them, batch_size by default), all at one bucket's size."""
         bucket = self.table[random.Random(f"vae-bucket-{self.cfg.seed}-{step}").randrange(len(self.table))]
-        seeds = [(self.cfg.seed, 104729, step, i) for i in range(self.cfg.batch_size)]
+        seeds = [(self.cfg.seed, 104729, step, i) for i in range(count or self.cfg.batch_size)]
         return scene_batch(seeds, bucket.height, bucket.width)
 
     def save_checkpoint(self) -> None:
