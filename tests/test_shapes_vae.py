@@ -202,7 +202,7 @@ def test_a_decoder_learns_the_latents_a_model_samples(tmp_path, monkeypatch):
     images, tokens = trainer.batch(0)
     assert images.shape[0] == 2 and tokens.shape == (1, 16, 8, 8)
     assert any(torch.equal(tokens[0], z) for z in trainer.pool)
-    z = trainer.teacher_latents(tokens)
+    z = trainer.teacher.vae_latents(tokens)
     torch.testing.assert_close(trainer.teacher_vae.decode(z).sample.clamp(-1, 1), trainer.teacher.decode(tokens))
     trainer.train()
     record = json.loads((tmp_path / "light" / "metrics.jsonl").read_text().splitlines()[-1])

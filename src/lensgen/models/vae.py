@@ -174,10 +174,14 @@ class Flux2VAECodec(LatentCodec):
         z = dist.sample(generator) if (self.sample if sample is None else sample) else dist.mode()
         return self.normalize(patchify(z.float(), self.patch))
 
+    def vae_latents(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, C, h, w), normalised and patchified -> the latents the VAE's decoder takes."""
+        return unpatchify(self.denormalize(tokens), self.patch)
+
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         self._check_tokens(tokens)
-        z = unpatchify(self.denormalize(tokens), self.patch)
+        z = self.vae_latents(tokens)
         vae_dtype = next(self.vae.parameters()).dtype
         return self.vae.decode(z.to(vae_dtype)).sample.float().clamp(-1, 1)
 

@@ -28,7 +28,7 @@ import torch
 
 from lensgen.errors import UserError
 from lensgen.io import atomic_open
-from lensgen.models.vae import Flux2VAECodec, check_same_latents, load_codec, unpatchify
+from lensgen.models.vae import Flux2VAECodec, check_same_latents, load_codec
 from lensgen.train import shapes_vae
 from lensgen.train.shapes_vae import VAETrainer, build_vae, image_agreement, scene_batch
 
@@ -95,7 +95,7 @@ class DecoderDistiller(VAETrainer):
         images, tokens = batch
         latents = [] if images is None else [("", self._posterior(images))]
         if tokens is not None:
-            latents.append(("_sampled", self.teacher_latents(tokens)))
+            latents.append(("_sampled", self.teacher.vae_latents(tokens)))
         parts, total, n = {}, 0.0, 0
         for name, z in latents:
             with torch.no_grad():
@@ -111,10 +111,6 @@ class DecoderDistiller(VAETrainer):
     @torch.no_grad()
     def _posterior(self, images: torch.Tensor) -> torch.Tensor:
         return self.teacher_vae.encode(images).latent_dist.sample(self.generator)
-
-    def teacher_latents(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Codec tokens (B, C, h, w), normalised and patchified as a model samples them -> the VAE's latents."""
-        return unpatchify(self.teacher.denormalize(tokens), self.teacher.patch)
 
     def prepare_export(self) -> None:
         """Nothing to set: the BatchNorm statistics are the teacher's, so tokens keep their meaning."""
