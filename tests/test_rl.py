@@ -1,6 +1,8 @@
-"""`lensgen rl` end to end on a tiny random model: exact resume, failed rewards masked out, LoRA, the Lens
-config's batch shape, and two gloo ranks under torchrun that agree."""
+"""`lensgen rl` end to end on a tiny random model: exact resume, failed rewards masked out, the pretraining
+anchor, LoRA, the Lens config's batch shape, and two gloo ranks under torchrun that agree."""
 
+import copy
+import importlib.util
 import json
 import os
 import subprocess
@@ -22,6 +24,7 @@ from lensgen.models.text_encoder import build_text_encoder
 from lensgen.models.transformer import LensTransformer2DModel, preset
 from lensgen.models.vae import build_codec
 from lensgen.rl.config import load_rl_config
+from lensgen.rl.ptx import PretrainAnchor
 from lensgen.rl.rewards import RewardResult
 from lensgen.rl.trainer import NFTTrainer
 
@@ -109,6 +112,77 @@ def test_failed_rewards_are_masked_out_of_the_loss(tmp_path, tiny_model, prompts
     assert metrics["invalid_share"] == pytest.approx(0.5) and metrics["trained"] == 2
     assert all(s.valid for s in trained if s.advantage != 0) and all(s.advantage == 0 for s in trained if not s.valid)
     assert metrics["policy_loss"] == metrics["policy_loss"]  # finite: no NaN from the failed scores
+
+
+def _constant_reward(images, texts, rubrics):
+    n = len(images)
+    return RewardResult(torch.full((n,), 0.5), torch.ones(n, dtype=torch.bool),
+                        [{"items": [], "global": None, "reason": ""}] * n)
+
+
+PTX = ["ptx.weight=2.0", "ptx.batch_size=3", "ptx.items=64", "optim.kl_weight=0"]
+
+
+def test_ptx_anchor_adds_the_pretraining_flow_matching_gradient(tmp_path, tiny_model, prompts, monkeypatch):
+    """ptx.weight: each optimiser step adds that weight times the rectified-flow loss of a batch of the
+    pretraining data. With every advantage 0 the NFT gradient at the first step is exactly 0 (r = 1/2 and
+    v = v_old), so the step's gradient must be the anchor's alone, as an independent anchor computes it."""
+    trainer = NFTTrainer(config(tmp_path, tiny_model, prompts, "ptx", 1, *PTX, "optim.grad_clip=1e6"),
+                         progress=False)  # no clipping: the gradient is compared as computed
+    monkeypatch.setattr(trainer.scorer, "reward", _constant_reward)
+    start = copy.deepcopy(trainer.policy.model)
+    grads = {}
+    monkeypatch.setattr(trainer.optimizer, "step", lambda: grads.update(
+        {n: p.grad.clone() for n, p in trainer.policy.model.named_parameters()}))
+    metrics = trainer.rl_step()
+
+    anchor = PretrainAnchor(trainer.cfg.ptx, trainer.table, trainer.codec, trainer.text_encoder, trainer.info,
+                            trainer.cfg.optim.seed)
+    loss = anchor.loss(start, (trainer.cfg.optim.seed, 0, 0), torch.autocast("cpu", enabled=False),
+                       torch.device("cpu"), torch.float32)
+    (2.0 * loss).backward()
+    assert metrics["ptx_loss"] == pytest.approx(loss.item(), rel=1e-5) and loss.item() > 0.1
+    for name, p in start.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad if p.grad is not None else torch.zeros_like(p),
+                                   atol=1e-6, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in grads.values())
+    # the batch is real Shapes data: scenes of one bucket with their short captions
+    scenes = PretrainAnchor(trainer.cfg.ptx, trainer.table, trainer.codec, trainer.text_encoder, trainer.info, 0)
+    keys = next(iter(scenes.source))
+    assert len(keys) == 3 and all(scenes.source.load(k)[1]["short"] for k in keys)
+
+
+def test_ptx_anchor_resumes_at_its_place_in_the_data(tmp_path, tiny_model, prompts):
+    NFTTrainer(config(tmp_path, tiny_model, prompts, "straight", 3, *PTX), progress=False).run()
+    NFTTrainer(config(tmp_path, tiny_model, prompts, "split", 1, *PTX), progress=False).run()
+    NFTTrainer(config(tmp_path, tiny_model, prompts, "split", 3, *PTX), resume=True, progress=False).run()
+    a, b = lines(tmp_path / "straight"), lines(tmp_path / "split")
+    assert len({m["ptx_loss"] for m in a}) == 3  # a new batch each step
+    for key in ("ptx_loss", "policy_loss", "grad_norm"):
+        assert [m[key] for m in b] == pytest.approx([m[key] for m in a], rel=1e-5, abs=1e-7), key
+
+
+def test_ptx_settings_are_checked(tmp_path, tiny_model, prompts):
+    with pytest.raises(UserError, match="ptx.shards"):
+        config(tmp_path, tiny_model, prompts, "bad", 1, "ptx.weight=1", "ptx.source=shards")
+    with pytest.raises(UserError, match="ptx.caption.*short, dense or mixed"):
+        config(tmp_path, tiny_model, prompts, "bad", 1, "ptx.weight=1", "ptx.caption=long")
+    with pytest.raises(UserError, match="ptx.source"):
+        config(tmp_path, tiny_model, prompts, "bad", 1, "ptx.weight=1", "ptx.source=web")
+    assert NFTTrainer(config(tmp_path, tiny_model, prompts, "off", 1), progress=False).ptx is None
+
+
+def test_pretraining_loss_benchmark_pairs_models_on_the_same_batches(tmp_path, tiny_model, capsys):
+    spec = importlib.util.spec_from_file_location("pretraining_loss", CONFIGS.parent / "benchmarks" / "pretraining_loss.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    other = _random_pipeline(tmp_path / "other", seed=1)
+    table = bench.main([str(tiny_model), str(tiny_model), str(other), "--batches", "3", "--batch-size", "2",
+                        "--threads", "1"])
+    same, different = table[str(tiny_model)], table[str(other)]
+    assert len(same) == 3 and len(set(same)) == 3  # three different batches, the same for every model
+    assert bench.paired(same, same) == (0.0, 0.0) and bench.paired(same, different)[0] != 0
+    assert "vs " + str(tiny_model) in capsys.readouterr().out
 
 
 def test_updates_per_step_splits_the_samples_into_that_many_optimiser_steps(tmp_path, tiny_model, prompts,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lensgen.config import Override, Validated
 from lensgen.config import load_config as load_typed_config
+from lensgen.data.sources import SOURCES
 from lensgen.flow.sampler import SOLVERS
 from lensgen.models.weight_storage import STORAGES
 from lensgen.rl.nft import ADVANTAGE_SCALES
@@ -79,6 +80,20 @@ class RLOptimConfig:
 
 
 @dataclass
+class RLPtxConfig:
+    """The pretraining anchor (InstructGPT's PPO-ptx): the flow-matching loss on pretraining data beside the NFT
+    loss, so that the data holds what the reward does not pay for (`rl/ptx.py`)."""
+
+    weight: float = 0.0  # its weight in every optimiser step; 0: off
+    source: str = "shapes"  # shapes | shards | stream (as `lensgen train`'s data.source)
+    shards: str = ""  # the shards' folder or pattern for shards | stream
+    items: int = 200000  # Shapes scenes to draw from (the pretraining config's data.num_items)
+    batch_size: int = 32  # images per anchor batch, one bucket each
+    caption: str = "short"  # short | dense | mixed (mixed: dense with probability dense_prob, per batch)
+    dense_prob: float = 0.1
+
+
+@dataclass
 class RLSystemConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
@@ -115,6 +130,7 @@ class RLConfig(Validated):
     sample: RLSampleConfig = field(default_factory=RLSampleConfig)
     reward: RLRewardConfig = field(default_factory=RLRewardConfig)
     optim: RLOptimConfig = field(default_factory=RLOptimConfig)
+    ptx: RLPtxConfig = field(default_factory=RLPtxConfig)
     system: RLSystemConfig = field(default_factory=RLSystemConfig)
     log: RLLogConfig = field(default_factory=RLLogConfig)
     checkpoint: RLCheckpointConfig = field(default_factory=RLCheckpointConfig)
@@ -157,6 +173,15 @@ class RLConfig(Validated):
             (0 <= o.old_decay_cap < 1 and o.old_decay_rate >= 0, "optim.old_decay_cap",
              "0 <= cap < 1 (and a rate >= 0)"),
             (0 <= o.ema_decay < 1, "optim.ema_decay", "a decay in [0, 1)"),
+            (self.ptx.weight >= 0, "ptx.weight", "a number >= 0 (0: no pretraining anchor)"),
+            (self.ptx.source in SOURCES, "ptx.source", " or ".join(SOURCES)),
+            (self.ptx.weight == 0 or self.ptx.source == "shapes" or bool(self.ptx.shards), "ptx.shards",
+             "the pretraining shards (a folder or pattern) for ptx.source shards or stream"),
+            (self.ptx.weight == 0 or self.ptx.source != "shapes" or self.ptx.items >= 1, "ptx.items",
+             "a positive number of Shapes scenes"),
+            (self.ptx.batch_size >= 1, "ptx.batch_size", "a positive integer"),
+            (self.ptx.caption in ("short", "dense", "mixed"), "ptx.caption", "short, dense or mixed"),
+            (0 <= self.ptx.dense_prob <= 1, "ptx.dense_prob", "a probability in [0, 1]"),
             (self.system.device in ("auto", "cpu", "cuda"), "system.device", "auto, cpu or cuda"),
             (self.system.precision in ("auto", "fp32", "bf16"), "system.precision", "auto, fp32 or bf16"),
             (self.system.fsdp in ("auto", True, False), "system.fsdp", "auto, true or false"),

@@ -35,6 +35,7 @@ from lensgen.rl import nft
 from lensgen.rl.batches import Job, PromptSampler, by_bucket, noise_seed, plan_jobs, rank_jobs
 from lensgen.rl.config import RLConfig, rl_config_to_dict
 from lensgen.rl.policy import PolicyModels
+from lensgen.rl.ptx import PretrainAnchor
 from lensgen.rl.report import reward_plot_png
 from lensgen.rl.rewards import AsyncRewards, RewardResult, build_reward, reward_stats
 from lensgen.train import checkpoint as ckpt
@@ -91,6 +92,8 @@ class NFTTrainer:
         self.sampler = PromptSampler(len(self.prompts), config.data.prompts_per_step, seed=config.optim.seed)
         self.reward = build_reward(config.reward.weights, config.reward.judge or None, config.reward.shape_credit)
         self.scorer = AsyncRewards(self.reward, workers=config.system.reward_workers)
+        self.ptx = PretrainAnchor(config.ptx, self.table, self.codec, self.text_encoder, self.info,
+                                  config.optim.seed) if config.ptx.weight > 0 else None
         self.step = 0
         self.ckpt_root = self.out / "checkpoints"
         if resume:
@@ -112,6 +115,8 @@ class NFTTrainer:
                                     extra=self.policy.checkpoint_state())
         self.step = meta["step"]
         self.sampler.load_state_dict(meta["prompt_sampler"])
+        if self.ptx is not None and "ptx" in meta:  # a run that turns the anchor on at resume starts its data
+            self.ptx.load_state_dict(meta["ptx"])
         if self.info.is_main:
             print(f"resumed from {latest} at step {self.step}")
             ckpt.truncate_metrics(self.out / "metrics.jsonl", self.step)
@@ -194,8 +199,8 @@ class NFTTrainer:
 
     def train_on(self, samples: list[Sample]) -> dict:
         """The NFT loss over every valid sample at the sampler's noise levels: `optim.updates_per_step`
-        optimiser steps, each on its share of the samples (drawn at random), then the EMA and the old policy
-        follow once."""
+        optimiser steps, each on its share of the samples (drawn at random) plus, with `ptx.weight`, the
+        flow-matching loss on a batch of pretraining data; then the EMA and the old policy follow once."""
         o = self.cfg.optim
         keep = [s for s in samples if s.valid]
         if o.updates_per_step > 1:
@@ -205,11 +210,15 @@ class NFTTrainer:
         else:
             shares = [keep]
         parts_sum: dict[str, float] = {}
-        count, grad_norms = 0, []
-        for share in shares:
+        count, grad_norms, ptx_losses = 0, [], []
+        for u, share in enumerate(shares):
             if int(_all_reduce_sum(torch.tensor(len(share)), self.info)) == 0:
                 continue  # nothing to learn from anywhere: no optimiser step (Adam would still move)
             count += self._accumulate(share, samples[:1], parts_sum)
+            if self.ptx is not None:
+                ptx = self.ptx.loss(self.policy, (o.seed, self.step, u), self.autocast, self.device, self._dtype)
+                (ptx * self.cfg.ptx.weight).backward()
+                ptx_losses.append(float(ptx.detach()))
             for p in self.policy.trainable:
                 if p.grad is None:  # the last block's text MLP feeds nothing: a zero keeps the optimiser state fixed
                     p.grad = torch.zeros_like(p)
@@ -223,6 +232,9 @@ class NFTTrainer:
         keys = sorted(parts_sum)
         sums = _all_reduce_sum(torch.tensor([parts_sum[k] for k in keys] + [count], dtype=torch.float64), self.info)
         metrics = {k: float(v) / max(float(sums[-1]), 1.0) for k, v in zip(keys, sums[:-1])}
+        if ptx_losses:
+            metrics["ptx_loss"] = float(_all_reduce_sum(torch.tensor(sum(ptx_losses) / len(ptx_losses)),
+                                                        self.info)) / self.info.world_size
         metrics.update(grad_norm=max(grad_norms, default=0.0), old_decay=eta,
                        trained=int(_all_reduce_sum(torch.tensor(len(keep)), self.info)))
         return metrics
@@ -367,6 +379,8 @@ class NFTTrainer:
 
     def save(self) -> None:
         meta = {"prompt_sampler": self.sampler.state_dict(), "config": rl_config_to_dict(self.cfg)}
+        if self.ptx is not None:
+            meta["ptx"] = self.ptx.state_dict()
         ckpt.save_checkpoint(self.ckpt_root, self.step, self.policy.model, self.optimizer, self.ema, meta,
                              self.info, keep=self.cfg.checkpoint.keep, extra=self.policy.checkpoint_state())
 

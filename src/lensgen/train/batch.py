@@ -6,11 +6,13 @@ the batch's longest; `token_mask` says which tokens are real so padding never co
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
+from lensgen.data.sources import BatchSource, pick_caption
 from lensgen.images import image_to_tensor
 
 
@@ -45,4 +47,24 @@ def collate(images: list[Image.Image], prompts: list[str], codec) -> TokenBatch:
     return TokenBatch(tokens=tokens, sizes=sizes, token_mask=mask, prompts=prompts)
 
 
-__all__ = ["TokenBatch", "collate"]
+def load_batch(source: BatchSource, keys: list, codec, rng: random.Random, *, caption: str = "mixed",
+               dense_prob: float = 0.1, caption_mix: str = "batch", dropout: float = 0.0) -> TokenBatch:
+    """Load a batch's items, pick each one's caption (`caption`: dense, short or mixed; the empty prompt with
+    probability `dropout`), encode the images. With `caption_mix` "batch" a mixed batch draws its mode once:
+    the text stream is padded to the batch's longest caption, so a short batch costs a fraction of a dense
+    one, and in expectation the mix is the same."""
+    mode = caption
+    if mode == "mixed" and caption_mix == "batch":
+        mode = "dense" if rng.random() < dense_prob else "short"
+    images, prompts = [], []
+    for key in keys:
+        image, captions = source.load(key)
+        prompt = pick_caption(captions, mode, dense_prob, rng)
+        if rng.random() < dropout:
+            prompt = ""  # the empty prompt: zero features, all-false mask
+        images.append(image)
+        prompts.append(prompt)
+    return collate(images, prompts, codec)
+
+
+__all__ = ["TokenBatch", "collate", "load_batch"]

@@ -20,14 +20,14 @@ from tqdm.auto import tqdm
 
 from lensgen.compute import StepShape, mfu, training_flops
 from lensgen.data.buckets import BucketTable
-from lensgen.data.sources import BatchSource, build_batch_source, pick_caption
+from lensgen.data.sources import BatchSource, build_batch_source
 from lensgen.errors import UserError
 from lensgen.io import atomic_write_json
 from lensgen.models.text_encoder import TextFeatures, build_text_encoder
 from lensgen.models.transformer import LensTransformer2DModel, LensTransformerConfig, preset
 from lensgen.models.vae import build_codec
 from lensgen.train import checkpoint as ckpt
-from lensgen.train.batch import TokenBatch, collate
+from lensgen.train.batch import TokenBatch, load_batch
 from lensgen.train.config import ModelConfig, OptimConfig, SystemConfig, TrainConfig, config_to_dict
 from lensgen.train.ema import EMA
 from lensgen.train.materialize import init_shards, load_shards, meta_transformer, pretrained_config
@@ -229,21 +229,9 @@ class Trainer:
     def _load_batch(self, keys: list, rng: random.Random, caption_dropout: float | None = None) -> TokenBatch:
         """Load the items of a batch, pick each one's caption (or the empty prompt), encode the images."""
         d = self.cfg.data
-        mode = d.caption
-        if mode == "mixed" and d.caption_mix == "batch":
-            # one draw for the whole batch: the text stream is padded to the batch's longest caption, so a
-            # short-caption batch costs a fraction of a dense one; in expectation the mix is the same
-            mode = "dense" if rng.random() < d.dense_prob else "short"
-        images, prompts = [], []
-        for key in keys:
-            image, captions = self.source.load(key)
-            prompt = pick_caption(captions, mode, d.dense_prob, rng)
-            dropout = self.cfg.optim.caption_dropout if caption_dropout is None else caption_dropout
-            if rng.random() < dropout:
-                prompt = ""  # the empty prompt: zero features, all-false mask
-            images.append(image)
-            prompts.append(prompt)
-        return collate(images, prompts, self.codec)
+        dropout = self.cfg.optim.caption_dropout if caption_dropout is None else caption_dropout
+        return load_batch(self.source, keys, self.codec, rng, caption=d.caption, dense_prob=d.dense_prob,
+                          caption_mix=d.caption_mix, dropout=dropout)
 
     def _validation_batch(self) -> tuple[TokenBatch, TextFeatures]:
         """A fixed batch (one item per bucket, up to 8) for loss-at-fixed-sigma curves."""
