@@ -178,7 +178,7 @@ def test_pretraining_loss_benchmark_pairs_models_on_the_same_batches(tmp_path, t
     spec.loader.exec_module(bench)
     other = _random_pipeline(tmp_path / "other", seed=1)
     table = bench.main([str(tiny_model), str(tiny_model), str(other), "--batches", "3", "--batch-size", "2",
-                        "--threads", "1"])
+                        "--threads", str(torch.get_num_threads())])  # the suite's own setting stays
     same, different = table[str(tiny_model)], table[str(other)]
     assert len(same) == 3 and len(set(same)) == 3  # three different batches, the same for every model
     assert bench.paired(same, same) == (0.0, 0.0) and bench.paired(same, different)[0] != 0

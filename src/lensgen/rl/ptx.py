@@ -25,7 +25,7 @@ class PretrainAnchor:
     """Batches of pretraining data and their flow-matching loss through the policy."""
 
     def __init__(self, cfg: RLPtxConfig, table: BucketTable, codec, text_encoder, info: DistInfo, seed: int):
-        self.cfg, self.codec, self.text_encoder, self.info, self.seed = cfg, codec, text_encoder, info, seed
+        self.cfg, self.codec, self.text_encoder, self.info = cfg, codec, text_encoder, info
         # one bucket per batch: no padded tokens (a CPU pays for each in full)
         self.source = build_batch_source(cfg.source, table, cfg.batch_size, codec.spatial_factor, seed=seed,
                                          rank=info.rank, world_size=info.world_size, mode="grouped",

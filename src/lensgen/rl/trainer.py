@@ -115,7 +115,7 @@ class NFTTrainer:
                                     extra=self.policy.checkpoint_state())
         self.step = meta["step"]
         self.sampler.load_state_dict(meta["prompt_sampler"])
-        if self.ptx is not None and "ptx" in meta:  # a run that turns the anchor on at resume starts its data
+        if self.ptx is not None and "ptx" in meta:  # an anchor first turned on at resume starts the data afresh
             self.ptx.load_state_dict(meta["ptx"])
         if self.info.is_main:
             print(f"resumed from {latest} at step {self.step}")
