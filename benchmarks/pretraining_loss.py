@@ -20,13 +20,15 @@ from lensgen.data.buckets import BucketTable
 from lensgen.inference.pipeline import LensPipeline
 from lensgen.rl.config import RLPtxConfig
 from lensgen.rl.ptx import PretrainAnchor
+from lensgen.train.config import DataConfig
 from lensgen.train.parallel import DistInfo
 
 
 def losses(model: str, batches: int, batch_size: int, seed: int = 0) -> list[float]:
     """The model's pretraining loss on each of the first `batches` anchor batches (its own VAE and text encoder)."""
     pipe = LensPipeline.from_pretrained(model)
-    table = BucketTable(bases=(48, 64, 80), multiple=8)  # the Shapes pretraining buckets
+    data = DataConfig()  # pretraining's buckets
+    table = BucketTable(bases=tuple(data.bases), multiple=data.multiple)
     anchor = PretrainAnchor(RLPtxConfig(weight=1.0, batch_size=batch_size), table, pipe.codec, pipe.text_encoder,
                             DistInfo(), seed)
     off = torch.autocast("cpu", enabled=False)
