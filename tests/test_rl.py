@@ -172,10 +172,15 @@ def test_ptx_settings_are_checked(tmp_path, tiny_model, prompts):
     assert NFTTrainer(config(tmp_path, tiny_model, prompts, "off", 1), progress=False).ptx is None
 
 
-def test_pretraining_loss_benchmark_pairs_models_on_the_same_batches(tmp_path, tiny_model, capsys):
-    spec = importlib.util.spec_from_file_location("pretraining_loss", CONFIGS.parent / "benchmarks" / "pretraining_loss.py")
+def _benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, CONFIGS.parent / "benchmarks" / f"{name}.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_pretraining_loss_benchmark_pairs_models_on_the_same_batches(tmp_path, tiny_model, capsys):
+    bench = _benchmark("pretraining_loss")
     other = _random_pipeline(tmp_path / "other", seed=1)
     table = bench.main([str(tiny_model), str(tiny_model), str(other), "--batches", "3", "--batch-size", "2",
                         "--threads", str(torch.get_num_threads())])  # the suite's own setting stays
@@ -183,6 +188,48 @@ def test_pretraining_loss_benchmark_pairs_models_on_the_same_batches(tmp_path, t
     assert len(same) == 3 and len(set(same)) == 3  # three different batches, the same for every model
     assert bench.paired(same, same) == (0.0, 0.0) and bench.paired(same, different)[0] != 0
     assert "vs " + str(tiny_model) in capsys.readouterr().out
+
+
+def test_self_fit_keeps_only_passing_images_best_first_on_fixed_seeds(tiny_model, prompts, monkeypatch):
+    """benchmarks/self_fit.py's collection: a pass is the reward's score >= the threshold; at most `keep` per
+    prompt, the best partial credit first; the same model gives the same images (before/after are paired)."""
+    bench = _benchmark("self_fit")
+
+    def brightness(images, texts, rubrics):  # a deterministic stand-in judge: the image's mean level
+        scores = torch.tensor([float(torch.tensor(list(im.convert("L").getdata())).float().mean()) for im in images])
+        return RewardResult(scores, torch.ones(len(images), dtype=torch.bool), [{} for _ in images])
+
+    monkeypatch.setattr(bench, "build_reward", lambda spec: brightness)
+    pipe = LensPipeline.from_pretrained(tiny_model)
+    records = load_rl_prompts(prompts)[:3]
+    everything = bench.collect(pipe, records, n=4, keep=4, reward="x", threshold=0.0, steps=2, seed=0, batch=8)
+    levels = sorted(float(torch.tensor(list(im.convert("L").getdata())).float().mean()) for im in everything[1])
+    threshold = levels[len(levels) // 2]  # about half pass
+    passes, kept, texts = bench.collect(pipe, records, n=4, keep=1, reward="x", threshold=threshold, steps=2,
+                                      seed=0, batch=8)
+    assert everything[0] == [4, 4, 4] and len(everything[1]) == 12
+    assert sum(passes) == sum(v >= threshold for v in levels) and 0 < sum(passes) < 12
+    assert len(set(texts)) == len(texts) == sum(c > 0 for c in passes)  # one image per prompt with a pass
+    for image, text in zip(kept, texts, strict=True):  # each the brightest of its prompt's four
+        group = [im for im, t in zip(everything[1], everything[2], strict=True) if t == text]
+        assert list(image.getdata()) == list(max(group, key=lambda im: brightness([im], [], []).scores[0]).getdata())
+    again = bench.collect(pipe, records, n=4, keep=1, reward="x", threshold=threshold, steps=2, seed=0, batch=8)
+    assert again[0] == passes and [list(im.getdata()) for im in again[1]] == [list(im.getdata()) for im in kept]
+
+
+def test_self_fit_benchmark_fits_the_kept_images_and_saves_the_model(tmp_path, tiny_model, prompts, capsys):
+    bench = _benchmark("self_fit")
+    out = tmp_path / "fit"
+    summary = bench.main([str(tiny_model), "--prompts", str(prompts), "--count", "3", "--n", "2", "--keep", "1",
+                          "--reward", "rubric_items", "--threshold", "0", "--sample-steps", "2", "--steps", "40",
+                          "--lr", "1e-3", "--batch-size", "3", "--ema", "0.5", "--out", str(out),
+                          "--threads", str(torch.get_num_threads())])
+    assert summary["kept"] == summary["taught_prompts"] == 3 and summary["pass_before"] == 1.0  # scores >= 0
+    assert summary["loss_last"] < 0.8 * summary["loss_first"]  # it learns the kept images
+    assert json.loads((out / "summary.json").read_text()) == summary
+    start, tuned = LensPipeline.from_pretrained(tiny_model), LensPipeline.from_pretrained(out)
+    assert not torch.equal(start.transformer.img_in.weight, tuned.transformer.img_in.weight)
+    assert "lensgen eval shapes --model" in capsys.readouterr().out
 
 
 def test_updates_per_step_splits_the_samples_into_that_many_optimiser_steps(tmp_path, tiny_model, prompts,
