@@ -29,6 +29,7 @@ from lensgen.inference.pipeline import LensPipeline
 from lensgen.io import atomic_write_json
 from lensgen.rl.rewards import build_reward
 from lensgen.train.batch import collate
+from lensgen.train.ema import EMA
 from lensgen.train.objective import SigmaSampling, masked_mse, noisy_input
 from lensgen.train.text_cache import CachedTextEncoder
 
@@ -62,7 +63,7 @@ def fine_tune(pipe: LensPipeline, images: list, texts: list[str], steps: int, lr
     tokens = collate(images, texts, pipe.codec)
     encoder = CachedTextEncoder(pipe.text_encoder)  # a few hundred prompts, each encoded once
     model = copy.deepcopy(pipe.transformer).train().requires_grad_(True)
-    ema = copy.deepcopy(model).requires_grad_(False)
+    ema = EMA(model, ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sigmas, gen, rng = SigmaSampling(), torch.Generator().manual_seed(seed), random.Random(seed)
     order: list[int] = []
@@ -85,14 +86,13 @@ def fine_tune(pipe: LensPipeline, images: list, texts: list[str], steps: int, lr
             group["lr"] = lr * min(1.0, step / 20)  # a short warmup: Adam's first steps are the largest
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-                e.lerp_(p, 1.0 - ema_decay)
+        ema.update(model)
         losses.append(float(loss.detach()))
         if progress and step % 50 == 0:
             print(f"  step {step}/{steps}: loss {statistics.mean(losses[-50:]):.4f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    return ema.eval(), losses
+    model.load_state_dict(ema.state_dict(), strict=False)  # the average's parameters; buffers are the same
+    return model.eval(), losses
 
 
 def main(argv: list[str] | None = None) -> dict:
