@@ -29,9 +29,11 @@ from lensgen.inference.pipeline import LensPipeline
 from lensgen.io import atomic_write_json
 from lensgen.rl.rewards import build_reward
 from lensgen.train.batch import collate
+from lensgen.train.config import OptimConfig
 from lensgen.train.ema import EMA
 from lensgen.train.objective import SigmaSampling, masked_mse, noisy_input
 from lensgen.train.text_cache import CachedTextEncoder
+from lensgen.train.trainer import lr_at
 
 
 def collect(pipe: LensPipeline, prompts: list, n: int, keep: int, reward: str, threshold: float, steps: int,
@@ -65,6 +67,7 @@ def fine_tune(pipe: LensPipeline, images: list, texts: list[str], steps: int, lr
     model = copy.deepcopy(pipe.transformer).train().requires_grad_(True)
     ema = EMA(model, ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = OptimConfig(steps=steps, lr=lr, warmup_steps=20)  # a short warm-up: Adam's first steps are the largest
     sigmas, gen, rng = SigmaSampling(), torch.Generator().manual_seed(seed), random.Random(seed)
     order: list[int] = []
     losses: list[float] = []
@@ -81,9 +84,9 @@ def fine_tune(pipe: LensPipeline, images: list, texts: list[str], steps: int, lr
         x_t, target = noisy_input(x0, torch.randn(x0.shape, generator=gen), sigma)
         loss = masked_mse(model(x_t, text.features, sigma, sizes, text.mask), target, mask)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), schedule.grad_clip)
         for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, step / 20)  # a short warmup: Adam's first steps are the largest
+            group["lr"] = lr_at(step - 1, schedule)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema.update(model)
