@@ -1,9 +1,11 @@
 """The Lens transformer: released layout (names, shapes, parameter count), the spec's math, mixed sizes."""
 
 import copy
+import importlib.util
 import math
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -346,3 +348,27 @@ def test_blocks_compile_as_one_real_valued_graph():
     compiled_out.square().mean().backward()
     for (name, p), q in zip(model.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+
+def test_grow_depth_benchmark_adds_identity_blocks_that_then_learn():
+    """benchmarks/grow_depth.py: the grown model computes exactly the original's velocity (its new blocks'
+    gates are zero), holds the original blocks in order, and its new blocks get gradient, so training opens them."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "grow_depth.py"
+    spec = importlib.util.spec_from_file_location("grow_depth", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = randomised(LensTransformer2DModel(tiny_config(num_layers=3)))
+    grown = bench.grow(model, [0, 0, 2])
+    assert grown.config.num_layers == 6
+    assert bench.max_difference(model, grown) == 0.0
+    kept = [0, 3, 4]  # originals at 0, 1, 2 -> after two new blocks behind block 0
+    for old, new in zip(model.transformer_blocks, (grown.transformer_blocks[i] for i in kept)):
+        for a, b in zip(old.parameters(), new.parameters()):
+            assert torch.equal(a, b)
+    img, txt = torch.randn(2, 12, 16), torch.randn(2, 5, 2, 12)
+    grown.train()
+    grown(img, txt, torch.tensor([0.3, 0.8]), (3, 4)).square().mean().backward()
+    for i in (1, 2, 5):
+        assert grown.transformer_blocks[i].img_mod[1].weight.grad.abs().sum() > 0, i
+    with pytest.raises(ValueError, match="block indices 0..2"):
+        bench.grow(model, [3])

@@ -106,7 +106,7 @@ def test_a_tuned_model_stored_as_int4_differences_to_its_base_is_closer_than_who
 
 
 def test_a_copy_of_a_shipped_model_stored_as_differences_still_finds_its_base(tmp_path):
-    """Copying the shipped RL model's folder to change its defaults (docs/rl.md does) keeps it loadable: the
+    """Copying the shipped RL model's folder to change its defaults (docs/rl-shapes-measurements.md does) keeps it loadable: the
     base it stores differences to is found by name among the shipped models."""
     import shutil
 
