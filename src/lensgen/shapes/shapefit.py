@@ -59,7 +59,8 @@ def template_distance(a: str, b: str) -> float:
     between them."""
     names, _, unit, _ = templates()
     rows = np.asarray(names)
-    return float(1.0 - (unit[rows == a] @ unit[rows == b].T).max())
+    best = (unit[rows == a].astype(np.float64) @ unit[rows == b].astype(np.float64).T).max()
+    return max(0.0, float(1.0 - best))  # a cosine is at most 1: float32 templates overshoot it by ~1e-6
 
 
 def canonical_patch(alpha: np.ndarray) -> np.ndarray | None:
