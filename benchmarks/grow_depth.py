@@ -3,7 +3,7 @@
 More pretraining of the shipped 6-block model bought almost no loss (docs/rl-shapes-measurements.md, "More
 pretraining instead"), and RL on it trades one task for another. If the model is too small for what it is
 asked, the same training with more blocks should lower the loss faster. This writes a copy of a pipeline
-folder whose transformer has `--insert` extra blocks, each placed after the given block of the original
+folder whose transformer has one extra block after each block listed in `--after`
 and initialised as the identity (its adaLN modulation is zero, so both gates are 0 and the block adds
 nothing): the grown model computes the same velocity as the original, checked here on random inputs, and
 training then starts both models from the same function.
@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from lensgen.inference.pipeline import model_dir
+from lensgen.inference.pipeline import LensPipeline
 from lensgen.models.transformer import LensBlock, LensTransformer2DModel
 
 
@@ -73,18 +72,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="where the grown pipeline folder goes")
     args = ap.parse_args()
 
-    src = model_dir(args.model)
-    model = LensTransformer2DModel.from_pretrained(src / "transformer")
+    pipe = LensPipeline.from_pretrained(args.model)
+    model = pipe.transformer
     grown = grow(model, args.after)
     diff = max_difference(model, grown)
     if diff > 1e-5:
         raise SystemExit(f"the grown model does not compute the original's velocity (max difference {diff:.2e})")
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    shutil.copytree(src, args.out, ignore=shutil.ignore_patterns("transformer", "MODEL_CARD.md"))
-    grown.save_pretrained(args.out / "transformer", storage="fp32")
+    pipe.transformer, pipe.name = grown, f"{pipe.name}, grown to {grown.config.num_layers} blocks"
+    pipe.save_pretrained(args.out, storage="fp32")
     params = sum(p.numel() for p in model.parameters()), sum(p.numel() for p in grown.parameters())
-    print(f"{src}: {model.config.num_layers} -> {grown.config.num_layers} blocks, {params[0] / 1e6:.1f}M -> "
+    print(f"{args.model}: {model.config.num_layers} -> {grown.config.num_layers} blocks, {params[0] / 1e6:.1f}M -> "
           f"{params[1] / 1e6:.1f}M parameters, same velocity (max difference {diff:.1e}); wrote {args.out}")
 
 
