@@ -23,6 +23,7 @@ from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, LensPipeline, Pipeline
 from lensgen.models.text_encoder import build_text_encoder
 from lensgen.models.transformer import LensTransformer2DModel, preset
 from lensgen.models.vae import build_codec
+from lensgen.rl.batches import plan_jobs
 from lensgen.rl.config import load_rl_config
 from lensgen.rl.ptx import PretrainAnchor
 from lensgen.rl.rewards import RewardResult
@@ -299,6 +300,18 @@ def test_reward_shape_credit_reaches_the_rubric_rewards(tmp_path, tiny_model, pr
         config(tmp_path, tiny_model, prompts, "credit", 1, "reward.shape_credit=wide")
     trainer = NFTTrainer(config(tmp_path, tiny_model, prompts, "pair", 1, "reward.shape_credit=pair"), progress=False)
     assert {reward.shape_credit for reward, _ in trainer.reward.components.values()} == {"pair"}
+
+
+def test_data_sizes_restrict_collection_to_those_buckets(tmp_path, tiny_model, prompts):
+    with pytest.raises(UserError, match=r"data.sizes.*\[32, 32\]"):
+        config(tmp_path, tiny_model, prompts, "bad", 1, "data.bases=[32, 48]", "data.sizes=[[50, 50]]")
+    sizes = ["data.bases=[32, 48]", "data.sizes=[[32, 32], [48, 24]]", "data.buckets_per_prompt=2"]
+    trainer = NFTTrainer(config(tmp_path, tiny_model, prompts, "sizes", 1, *sizes), progress=False)
+    seen = {(trainer.table[job.bucket].height, trainer.table[job.bucket].width)
+            for step in range(6) for job in plan_jobs([0, 1], 4, 2, trainer.table, 0, step, trainer.bucket_choices)}
+    assert seen == {(32, 32), (48, 24)}
+    everywhere = {job.bucket for step in range(6) for job in plan_jobs([0, 1], 4, 2, trainer.table, 0, step)}
+    assert len(everywhere) > 2  # without sizes the whole table is drawn from
 
 
 def test_group_spread_metric_ignores_the_spread_between_prompts():

@@ -64,12 +64,13 @@ class PromptSampler:
 
 
 def plan_jobs(prompts: list[int], images_per_prompt: int, buckets_per_prompt: int, table: BucketTable,
-              seed: int, step: int) -> list[Job]:
-    """Every image of the step. The step draws `buckets_per_prompt` buckets of the table (seeded by seed and
-    step) and every prompt's group is split evenly over them, so each group mixes sizes while each size
-    gathers a full batch of images from all prompts."""
+              seed: int, step: int, choices: list[int] | None = None) -> list[Job]:
+    """Every image of the step. The step draws `buckets_per_prompt` buckets of the table (or of `choices`, bucket
+    indices; seeded by seed and step) and every prompt's group is split evenly over them, so each group mixes
+    sizes while each size gathers a full batch of images from all prompts."""
     rng = random.Random(f"rl-buckets-{seed}-{step}")
-    buckets = rng.sample(range(len(table)), min(buckets_per_prompt, len(table)))
+    pool = range(len(table)) if choices is None else choices
+    buckets = rng.sample(pool, min(buckets_per_prompt, len(pool)))
     return [Job(slot, prompt, index, buckets[index % len(buckets)])
             for slot, prompt in enumerate(prompts) for index in range(images_per_prompt)]
 

@@ -15,6 +15,7 @@ from lensgen.flow.sampler import SOLVERS
 from lensgen.models.weight_storage import STORAGES
 from lensgen.rl.nft import ADVANTAGE_SCALES
 from lensgen.shapes.rubrics import SHAPE_CREDITS
+from lensgen.sizes import size_table
 
 
 @dataclass
@@ -36,6 +37,12 @@ class RLDataConfig:
     buckets_per_prompt: int = 2  # a group's images spread over this many buckets (sizes) of the table
     bases: list[int] = field(default_factory=lambda: [48, 64, 80])  # bucket size classes (as training)
     multiple: int = 8
+    # [[height, width], ...]: collect only at these sizes of the table (e.g. the model's default size, where
+    # its users and ShapesEval sample; a group spreads over at most this many); empty: every bucket
+    sizes: list[list[int]] = field(default_factory=list)
+
+    def table_sizes(self) -> set[tuple[int, int]]:
+        return {hw for base in self.bases if base > 0 for hw in size_table(base, self.multiple)}
 
 
 @dataclass
@@ -145,6 +152,9 @@ class RLConfig(Validated):
             (1 <= d.buckets_per_prompt <= d.images_per_prompt, "data.buckets_per_prompt",
              "between 1 and data.images_per_prompt"),
             (bool(d.bases) and all(b > 0 for b in d.bases), "data.bases", "positive sizes"),
+            (all(isinstance(hw, list) and tuple(hw) in d.table_sizes() for hw in d.sizes), "data.sizes",
+             "[height, width] pairs of the bucket table (data.bases, data.multiple): "
+             + ", ".join(f"[{h}, {w}]" for h, w in sorted(d.table_sizes()))),
             (s.solver in SOLVERS, "sample.solver", " or ".join(SOLVERS)),
             (s.steps >= 1, "sample.steps", "a positive integer"),
             (s.batch_size >= 1, "sample.batch_size", "a positive integer"),

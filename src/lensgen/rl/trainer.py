@@ -89,6 +89,8 @@ class NFTTrainer:
         self.prompts = self._load_prompts()
         self.rubrics = [rubric_dict(p.rubric) for p in self.prompts]  # the form the rewards read
         self.table = BucketTable(bases=tuple(config.data.bases), multiple=config.data.multiple)
+        by_size = {(b.height, b.width): b.index for b in self.table}
+        self.bucket_choices = [by_size[tuple(hw)] for hw in config.data.sizes] or None  # sizes: checked in config
         self.sampler = PromptSampler(len(self.prompts), config.data.prompts_per_step, seed=config.optim.seed)
         self.reward = build_reward(config.reward.weights, config.reward.judge or None, config.reward.shape_credit)
         self.scorer = AsyncRewards(self.reward, workers=config.system.reward_workers)
@@ -300,7 +302,7 @@ class NFTTrainer:
         t0 = time.perf_counter()
         prompt_ids = self.sampler.next()
         jobs = plan_jobs(prompt_ids, cfg.data.images_per_prompt, cfg.data.buckets_per_prompt, self.table,
-                         cfg.optim.seed, self.step)
+                         cfg.optim.seed, self.step, self.bucket_choices)
         mine = rank_jobs(jobs, self.info.rank, self.info.world_size)
         samples = self.collect(mine)
         t1 = time.perf_counter()
