@@ -135,3 +135,26 @@ def test_plan_command_simulates_a_large_model_without_allocating_it(tmp_path):
     assert best["peak_gib"] <= 80 and best["batch"] >= 8
     bad = subprocess.run([*cmd[:7], "0", *cmd[8:]], env=ENV, cwd=root, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "--gpus must be at least 1" in bad.stderr
+
+
+def test_plan_check_benchmark_holds_the_plan_against_a_real_single_rank_step(tmp_path, capsys):
+    """benchmarks/plan_check.py, the GPU check's script, on this CPU: the same build (meta, FSDP2 over one rank),
+    the planner's prediction and the measured step agree within 10 %, and the speed figures come out."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plan_check", Path(__file__).parent.parent / "benchmarks" / "plan_check.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(CONFIG)
+    out = tmp_path / "check.json"
+    for ckpt in ("off", "on"):
+        result = bench.main(["--config", str(config), "--device", "cpu", "--resolution", "128", "--batch", "4",
+                             "--text-tokens", str(TEXT_TOKENS), "--checkpointing", ckpt, "--steps", "1",
+                             "--peak-tflops", "1", "--json", str(out)])
+        assert result["plan_vs_measured"] == pytest.approx(1.0, abs=0.10), result
+        assert result["planned"]["optimizer"] == result["measured"]["optimizer"] > 0  # AdamW moments: exact
+        assert result["planned"]["ema"] == result["measured"]["ema"] > 0
+        assert result["step_seconds"] > 0 and result["mfu"] == pytest.approx(result["achieved_tflops"])
+        assert json.loads(out.read_text())["checkpointing"] is (ckpt == "on")
+        assert "within 10 %" in capsys.readouterr().out

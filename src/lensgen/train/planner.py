@@ -215,9 +215,15 @@ _GROUPS = {"Sharded Param": "parameters", "Unsharded Param": "parameters", "Buff
            "Parameter": "parameters", "Gradient": "gradients", "Optstate": "optimizer", "Other": "activations"}
 
 
-def _memory_from_snapshot(snapshot: dict) -> tuple[Memory, int]:
-    """A tracker's peak snapshot (one device) as Memory, and its total."""
-    (per_device,) = snapshot.values()
+def _memory_from_snapshot(snapshot: dict, device: torch.device | None = None) -> tuple[Memory, int]:
+    """A tracker's peak snapshot as Memory, and its total: its one device, or `device` where a real step on a
+    GPU also left a few host tensors in it."""
+    if len(snapshot) == 1:
+        (per_device,) = snapshot.values()
+    elif device is None:
+        raise ValueError(f"a memory snapshot of {len(snapshot)} devices: name the one to read")
+    else:
+        per_device = snapshot[device]
     memory = Memory()
     for key, value in per_device.items():
         name = getattr(key, "value", key)
@@ -516,7 +522,7 @@ def measure_step(model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA, i
     tracker.track_external(model, optimizer, *ema.shadow.values(), *inputs.tensors())
     with tracker:
         train_step(model, optimizer, ema, inputs, grad_clip)
-    memory, total = _memory_from_snapshot(tracker.get_tracker_snapshot("peak"))
+    memory, total = _memory_from_snapshot(tracker.get_tracker_snapshot("peak"), inputs.tokens.device)
     # EMA shards and inputs were registered as "Other": name the EMA's share
     memory.ema = _storage_bytes(ema.shadow.values())
     memory.activations -= memory.ema
