@@ -60,15 +60,17 @@ def collect(pipe: LensPipeline, prompts: list, n: int, keep: int, reward: str, t
 
 
 def fine_tune(pipe: LensPipeline, images: list, texts: list[str], steps: int, lr: float, batch_size: int,
-              ema_decay: float, seed: int, progress: bool = True) -> tuple[torch.nn.Module, list[float]]:
-    """Pretraining's loss on (image, prompt) pairs, shuffled epochs; returns the EMA model and the losses."""
+              ema_decay: float, seed: int, progress: bool = True,
+              sigmas: SigmaSampling | None = None) -> tuple[torch.nn.Module, list[float]]:
+    """Pretraining's loss on (image, prompt) pairs, shuffled epochs; returns the EMA model and the losses.
+    `sigmas`: the noise levels trained (default: pretraining's)."""
     tokens = collate(images, texts, pipe.codec)
     encoder = CachedTextEncoder(pipe.text_encoder)  # a few hundred prompts, each encoded once
     model = copy.deepcopy(pipe.transformer).train().requires_grad_(True)
     ema = EMA(model, ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = OptimConfig(steps=steps, lr=lr, warmup_steps=20)  # a short warm-up: Adam's first steps are the largest
-    sigmas, gen, rng = SigmaSampling(), torch.Generator().manual_seed(seed), random.Random(seed)
+    sigmas, gen, rng = sigmas or SigmaSampling(), torch.Generator().manual_seed(seed), random.Random(seed)
     order: list[int] = []
     losses: list[float] = []
     t0 = time.perf_counter()
