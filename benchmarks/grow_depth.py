@@ -4,8 +4,9 @@ More pretraining of the shipped 6-block model bought almost no loss (docs/rl-sha
 pretraining instead"), and RL on it trades one task for another. If the model is too small for what it is
 asked, the same training with more blocks should lower the loss faster. This writes a copy of a pipeline
 folder whose transformer has one extra block after each block listed in `--after`, initialised as the
-identity (its adaLN modulation is zero, so both gates are 0 and the block adds nothing): the grown model computes the same velocity as the original, checked here on random inputs, and
-training then starts both models from the same function.
+identity (its adaLN modulation is zero, so both gates are 0 and the block adds nothing): the grown model
+computes the same velocity as the original, checked here on random inputs, and training then starts both
+models from the same function.
 
     python benchmarks/grow_depth.py shapes-tiny-base --after 2 5 --out runs/grown-8
     lensgen train --config configs/shapes-tiny.yaml --set model.init_from=runs/grown-8 ...

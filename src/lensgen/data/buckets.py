@@ -63,6 +63,13 @@ class BucketTable:
     def __getitem__(self, index: int) -> Bucket:
         return self.buckets[index]
 
+    def sizes(self) -> dict[tuple[int, int], int]:
+        """(height, width) -> the index of the bucket of exactly that size (the first, where two coincide)."""
+        found: dict[tuple[int, int], int] = {}
+        for b in self.buckets:
+            found.setdefault((b.height, b.width), b.index)
+        return found
+
     def nearest(self, height: int, width: int) -> Bucket:
         if height <= 0 or width <= 0:
             raise ValueError(f"image size must be positive, got {height}x{width} (HxW)")

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from lensgen.config import Override, Validated
 from lensgen.config import load_config as load_typed_config
+from lensgen.data.buckets import BucketTable
 from lensgen.data.sources import SOURCES
 from lensgen.flow.sampler import SOLVERS
 from lensgen.models.weight_storage import STORAGES
 from lensgen.rl.nft import ADVANTAGE_SCALES
 from lensgen.shapes.rubrics import SHAPE_CREDITS
-from lensgen.sizes import size_table
 
 
 @dataclass
@@ -40,9 +40,6 @@ class RLDataConfig:
     # [[height, width], ...]: collect only at these sizes of the table (e.g. the model's default size, where
     # its users and ShapesEval sample; a group spreads over at most this many); empty: every bucket
     sizes: list[list[int]] = field(default_factory=list)
-
-    def table_sizes(self) -> set[tuple[int, int]]:
-        return {hw for base in self.bases if base > 0 for hw in size_table(base, self.multiple)}
 
 
 @dataclass
@@ -144,6 +141,7 @@ class RLConfig(Validated):
 
     def checks(self) -> list[tuple[bool, str, str]]:
         d, s, o = self.data, self.sample, self.optim
+        table = BucketTable(d.bases, d.multiple).sizes() if d.bases and all(b > 0 for b in d.bases) else {}
         return [
             (self.model.lora_rank >= 0, "model.lora_rank", "0 (full fine-tuning) or a positive rank"),
             (0 < d.fraction <= 1, "data.fraction", "a fraction in (0, 1]"),
@@ -152,9 +150,9 @@ class RLConfig(Validated):
             (1 <= d.buckets_per_prompt <= d.images_per_prompt, "data.buckets_per_prompt",
              "between 1 and data.images_per_prompt"),
             (bool(d.bases) and all(b > 0 for b in d.bases), "data.bases", "positive sizes"),
-            (all(isinstance(hw, list) and tuple(hw) in d.table_sizes() for hw in d.sizes), "data.sizes",
+            (all(isinstance(hw, list) and tuple(hw) in table for hw in d.sizes), "data.sizes",
              "[height, width] pairs of the bucket table (data.bases, data.multiple): "
-             + ", ".join(f"[{h}, {w}]" for h, w in sorted(d.table_sizes()))),
+             + ", ".join(f"[{h}, {w}]" for h, w in sorted(table))),
             (s.solver in SOLVERS, "sample.solver", " or ".join(SOLVERS)),
             (s.steps >= 1, "sample.steps", "a positive integer"),
             (s.batch_size >= 1, "sample.batch_size", "a positive integer"),

@@ -3,8 +3,8 @@
 RL on the small Shapes model trades tasks: what a step's prompts reward improves while what they do not
 drifts (docs/rl-shapes-measurements.md). With `ptx.weight > 0` every optimiser step also takes the
 rectified-flow loss of pretraining on one batch of its data (the Shapes world, or shards), so the data, not
-only the KL pull, holds what the reward does not pay for. The anchor's position in the data is in the checkpoint, so a
-resumed run draws the same batches.
+only the KL pull, holds what the reward does not pay for. The anchor's position in the data is in the
+checkpoint, so a resumed run draws the same batches.
 """
 
 from __future__ import annotations

@@ -89,8 +89,8 @@ class NFTTrainer:
         self.prompts = self._load_prompts()
         self.rubrics = [rubric_dict(p.rubric) for p in self.prompts]  # the form the rewards read
         self.table = BucketTable(bases=tuple(config.data.bases), multiple=config.data.multiple)
-        by_size = {(b.height, b.width): b.index for b in self.table}
-        self.bucket_choices = [by_size[tuple(hw)] for hw in config.data.sizes] or None  # sizes: checked in config
+        by_size = self.table.sizes()  # data.sizes are checked against it in the config
+        self.bucket_choices = list(dict.fromkeys(by_size[tuple(hw)] for hw in config.data.sizes)) or None
         self.sampler = PromptSampler(len(self.prompts), config.data.prompts_per_step, seed=config.optim.seed)
         self.reward = build_reward(config.reward.weights, config.reward.judge or None, config.reward.shape_credit)
         self.scorer = AsyncRewards(self.reward, workers=config.system.reward_workers)
