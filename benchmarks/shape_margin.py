@@ -7,10 +7,14 @@ right), for the true scenes, the true scenes through the model's VAE (the ceilin
 space), and each model's samples of "a photo of a <colour> <shape>" (CFG-free defaults of its folder).
 `--fit STEPS` also fine-tunes each model that long on true single-object scenes of the measured shapes
 (pretraining's loss, as self_fit.py fine-tunes) and measures it again: whether seeing the true shapes
-is what the model lacks.
+is what the model lacks. `--from-sigma LEVELS` also starts each model from the true scenes noised to each
+level (image-to-image, the scene's own caption as prompt): the noise level below which the model keeps a shape
+it cannot draw from scratch, i.e. whether it loses the shape while laying the picture out or while finishing it;
+with `--prompt-shape` the prompt names another shape, so the row says how often the picture wins over the text.
 
     python benchmarks/shape_margin.py shapes-tiny shapes-tiny-base --shapes hexagon star
     python benchmarks/shape_margin.py shapes-tiny --shapes hexagon star --fit 1000 --lr 3e-4   # ~10 min here
+    python benchmarks/shape_margin.py shapes-tiny --shapes hexagon star --from-sigma 0.2 0.4 0.6 0.8
     python benchmarks/shape_margin.py shapes-tiny --fit 500 --lr 1e-4 --fit-images 1536 --fit-sigma-logit -2 0.7 \
         --save runs/low-noise-fit      # only the low-noise end, on all six shapes
 """
@@ -102,6 +106,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fit-sigma-logit", type=float, nargs=2, default=None, metavar=("MEAN", "STD"),
                         help="fine-tune only where logit(sigma) ~ N(MEAN, STD), unshifted (e.g. -2 0.7: the "
                              "low-noise end, where outlines are finished); default: pretraining's noise levels")
+    parser.add_argument("--from-sigma", type=float, nargs="+", default=[], metavar="LEVEL",
+                        help="also sample each model from the true scenes noised to these levels (0-1]")
+    parser.add_argument("--prompt-shape", default=None, choices=SHAPES,
+                        help="with --from-sigma: prompt for this shape instead of the scene's own (the row is "
+                             "still scored against the scene's shape: how often the picture wins over the text)")
     parser.add_argument("--save", default=None, help="save the first model's fine-tuned pipeline here "
                                                      "(for lensgen eval shapes)")
     parser.add_argument("--threads", type=int, default=2)
@@ -117,18 +126,29 @@ def main(argv: list[str] | None = None) -> dict:
             pipes[f"{args.models[0]} + fit {args.fit}"].save_pretrained(args.save)
     codec = pipes[args.models[0]].codec
     table: dict = {}
-    print(f"{'shape':8} {'source':42} {'read right':>10} {'margin':>8} {'quality':>7}  read as")
+    col = max(42, *(len(n) + 34 for n in pipes))
+    print(f"{'shape':8} {'source':{col}} {'read right':>10} {'margin':>8} {'quality':>7}  read as")
     for shape in args.shapes:
-        truth = [render(scene, args.size, args.size) for _, scene in true_scenes(shape, args.n, args.size, seed=5)]
+        scenes = true_scenes(shape, args.n, args.size, seed=5)
+        truth = [render(scene, args.size, args.size) for _, scene in scenes]
         with torch.no_grad():
             through = to_pil(codec.decode(codec.encode(torch.stack([image_to_tensor(im) for im in truth]))))
         rows = {"true scenes": margins(truth, shape), f"true scenes through {args.models[0]}'s VAE": margins(through, shape)}
         rows.update({name: margins(samples(pipe, shape, args.n, args.size), shape) for name, pipe in pipes.items()})
+        prompts = [captions(scene, key)["short"] for key, scene in scenes]
+        if args.prompt_shape:  # the same scenes, the prompt naming another shape: what the text alone decides
+            prompts = [f"a photo of a {scene.objects[0].colour} {args.prompt_shape}" for _, scene in scenes]
+        for name, pipe in pipes.items():
+            for level in args.from_sigma:
+                edited = pipe(prompts, height=args.size, width=args.size, seed=list(range(args.n)), image=truth,
+                              strength=level)
+                asked = f", asked for a {args.prompt_shape}" if args.prompt_shape else ""
+                rows[f"{name} from true scenes at sigma {level:g}{asked}"] = margins(edited, shape)
         for source, r in rows.items():
             margin = f"{r['margin_median']:+.4f}" if r["margin_median"] is not None else "-"
             quality = f"{r['quality_mean']:.3f}" if r["quality_mean"] is not None else "-"
             read_as = ", ".join(f"{k} {v}" for k, v in sorted(r["read_as"].items(), key=lambda kv: -kv[1]))
-            print(f"{shape:8} {source:42} {r['right']:10.3f} {margin:>8} {quality:>7}  {read_as}")
+            print(f"{shape:8} {source:{col}} {r['right']:10.3f} {margin:>8} {quality:>7}  {read_as}")
         table[shape] = rows
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2))

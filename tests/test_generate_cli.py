@@ -215,3 +215,39 @@ def test_a_shipped_model_is_found_by_name_from_any_directory(tmp_path, monkeypat
     assert model_dir("shapes-tiny") == DEFAULT_MODEL_DIR and "shapes-tiny" in shipped_models()
     (tmp_path / "shapes-tiny").mkdir()
     assert model_dir("shapes-tiny") == Path("shapes-tiny")
+
+
+def test_image_to_image_keeps_the_pictured_shape_and_records_its_start(fast, tmp_path):
+    """--image with the shipped model: a true scene noised half-way comes back as the same shape and colour
+    (the judge reads it), and the PNG says which picture and strength it started from."""
+    from lensgen.shapes import captions, generate_scene, render
+    from lensgen.shapes.judge import detect
+    from lensgen.shapes.scene import SceneConfig
+
+    single = SceneConfig(min_objects=1, max_objects=1, p_text=0.0)
+    key, scene = next(((0, i), s) for i in range(100) for s in [generate_scene((0, i), aspect=1.0, config=single)]
+                      if s.objects[0].shape == "circle")
+    start, out = tmp_path / "start.png", tmp_path / "edit.png"
+    render(scene, 64, 64).save(start)
+    prompt = captions(scene, key)["short"]
+    assert cli.main(["generate", prompt, "--image", str(start), "--strength", "0.5", "--seed", "1",
+                     "-o", str(out), "-q"]) == 0
+    assert fast[-1]["strength"] == 0.5 and fast[-1]["image"].size == (64, 64)
+    image = Image.open(out)
+    assert image.text["image"] == str(start) and image.text["strength"] == "0.5"
+    largest = max(detect(image.convert("RGB")).objects, key=lambda o: o.area)
+    assert (largest.shape, largest.colour) == ("circle", scene.objects[0].colour)
+
+
+def test_bad_start_images_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(LensPipeline, "from_pretrained", lambda *a, **k: pytest.fail("weights loaded"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.png").write_text("not a picture")
+    for args, message in ((["--image", "missing.png"], "--image missing.png does not exist"),
+                          (["--image", "notes.png"], "--image notes.png is not an image file PIL can read"),
+                          (["--image", "notes.png", "--strength", "0"], "--strength must be a number in (0, 1]"),
+                          (["--image", "notes.png", "--strength", "1.5"], "--strength must be a number in (0, 1]"),
+                          (["--strength", "0.5"], "give --image FILE with it")):
+        assert cli.main(["generate", "a red circle", *args]) == 2
+        assert message in _err_line(capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.png"]

@@ -179,3 +179,45 @@ def test_size_multiple_is_saved_checked_and_optional(pipe, saved, tmp_path):
     assert read_defaults(tmp_path / "old").size_multiple is None and old.defaults.size_multiple == 8
     with pytest.raises(UserError, match="lensgen.size_multiple is 16 but the codec in vae/ has 8 pixels"):
         LensPipeline.from_pretrained(tmp_path / "wrong")
+
+
+def test_image_to_image_starts_part_way_down_the_schedule(pipe, monkeypatch):
+    """strength 1 is text-to-image exactly; a low strength starts from the image's own tokens and runs only
+    the last levels, so the result stays near the image's round trip through the codec; the start is
+    resized to the sampling size."""
+    from lensgen.flow.schedule import sampling_sigmas
+    from lensgen.images import image_to_tensor
+    from lensgen.inference import pipeline as pipeline_module
+    from lensgen.shapes import render
+    from lensgen.shapes.scene import SceneConfig, generate_scene
+
+    scene = generate_scene((3, 1), aspect=1.0, config=SceneConfig(min_objects=1, max_objects=1, p_text=0.0))
+    start = render(scene, 64, 64)
+    kw = dict(height=64, width=64, steps=20, cfg=1.0, seed=4, output_type="pt")
+    torch.testing.assert_close(pipe("a red circle", image=start, strength=1.0, **kw), pipe("a red circle", **kw))
+
+    levels = []
+    real_sample = pipeline_module.sample
+    monkeypatch.setattr(pipeline_module, "sample",
+                        lambda fn, x, sigmas, **k: levels.append(sigmas) or real_sample(fn, x, sigmas, **k))
+    near = pipe("a red circle", image=start, strength=0.5, **kw)
+    full = sampling_sigmas(20, 64, schedule=pipe.defaults.schedule)
+    torch.testing.assert_close(levels[0], full[full <= 0.5])  # the schedule's own levels from 0.5 down
+    round_trip = pipe.codec.decode(pipe.codec.encode(image_to_tensor(start)[None]))
+    far = pipe("a red circle", **kw)
+    assert (near - round_trip).abs().mean() < 0.5 * (far - round_trip).abs().mean()
+
+    assert pipe("a red circle", image=start.resize((96, 96)), strength=0.5, **kw).shape == near.shape
+    tiny = pipe("a red circle", image=start, strength=1e-6, **kw)  # below the last level: still one step
+    assert len(levels[-1]) == 2 and tiny.shape == near.shape
+
+
+def test_image_to_image_arguments_are_checked(pipe):
+    start = Image.new("RGB", (64, 64), "white")
+    for strength in (0, -0.5, 1.5, float("nan"), True):
+        with pytest.raises(UserError, match=r"strength must be a number in \(0, 1\]"):
+            pipe("x", image=start, strength=strength, steps=1)
+    with pytest.raises(UserError, match=r"image must be one PIL image or one per prompt \(3\), got 2"):
+        pipe(["x", "y", "z"], image=[start, start], steps=1)
+    images = pipe(["x", "y"], image=start, strength=0.5, steps=2, height=64, width=64, cfg=1.0)
+    assert len(images) == 2  # one image serves every prompt

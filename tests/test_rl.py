@@ -193,15 +193,15 @@ def test_pretraining_loss_benchmark_pairs_models_on_the_same_batches(tmp_path, t
 
 def test_shape_margin_benchmark_reads_true_shapes_right_and_fits_on_them(tmp_path, tiny_model, capsys):
     """benchmarks/shape_margin.py: true scenes are read as their shape with a positive margin, a circle asked to
-    be a hexagon has a negative one, and every source (VAE round trip, model, model fitted on true scenes)
-    gets its row."""
+    be a hexagon has a negative one, and every source (VAE round trip, model, model fitted on true scenes, each
+    model started from the noised true scenes) gets its row."""
     bench = _benchmark("shape_margin")
     circles = [bench.render(scene, 48, 48) for _, scene in bench.true_scenes("circle", 2, 48, seed=5)]
     as_hexagon = bench.margins(circles, "hexagon")
     assert as_hexagon["right"] == 0.0 and as_hexagon["margin_median"] < 0 and as_hexagon["read_as"] == {"circle": 2}
     table = bench.main([str(tiny_model), "--shapes", "hexagon", "star", "--n", "3", "--size", "48", "--fit", "2",
                         "--fit-images", "4", "--fit-sigma-logit", "-2", "0.7", "--save", str(tmp_path / "fitted"),
-                        "--threads", str(torch.get_num_threads())])
+                        "--from-sigma", "0.5", "--prompt-shape", "circle", "--threads", str(torch.get_num_threads())])
     fitted = LensPipeline.from_pretrained(tmp_path / "fitted")
     start = LensPipeline.from_pretrained(tiny_model)
     assert any(not torch.equal(a, b) for a, b in zip(fitted.transformer.parameters(), start.transformer.parameters()))
@@ -209,7 +209,8 @@ def test_shape_margin_benchmark_reads_true_shapes_right_and_fits_on_them(tmp_pat
         rows = table[shape]
         assert rows["true scenes"]["right"] == 1.0 and rows["true scenes"]["margin_median"] > 0
         assert list(rows) == ["true scenes", f"true scenes through {tiny_model}'s VAE", str(tiny_model),
-                              f"{tiny_model} + fit 2"]
+                              f"{tiny_model} + fit 2", f"{tiny_model} from true scenes at sigma 0.5, asked for a circle",
+                              f"{tiny_model} + fit 2 from true scenes at sigma 0.5, asked for a circle"]
         assert all(r["images"] == 3 and sum(r["read_as"].values()) == 3 for r in rows.values())
     assert "read right" in capsys.readouterr().out
 

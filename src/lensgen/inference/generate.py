@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 PROMPT_FIELDS = ("prompt", "seed", "negative_prompt")  # what a JSONL prompts line may hold
 MAX_SEED = 2**63 - 1
+DEFAULT_STRENGTH = 0.6  # --image without --strength (as LensPipeline): the layout kept, details redrawn
 
 
 def load_pipeline(model: str | None, device: str | None = None) -> LensPipeline:
@@ -166,6 +167,23 @@ class Request:
     steps: int
     cfg: float
     total: int
+    image: Image.Image | None = None  # image-to-image's starting image (--image)
+    strength: float = DEFAULT_STRENGTH
+
+
+def read_start_image(path: str | Path) -> Image.Image:
+    """--image: an image file PIL can read, as RGB (errors name the file)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise UserError(f"--image {path} does not exist") from None
+    except UnidentifiedImageError:
+        raise UserError(f"--image {path} is not an image file PIL can read (PNG, JPEG, WebP, ...)") from None
+    except OSError as err:
+        raise UserError(f"cannot read --image {path}: {err}") from None
 
 
 def _prompts(args: argparse.Namespace) -> list[PromptLine]:
@@ -177,7 +195,7 @@ def _prompts(args: argparse.Namespace) -> list[PromptLine]:
 
 def check_request(args: argparse.Namespace) -> Request:
     """Check every argument against the model folder's model_index.json, before the slow weight load."""
-    from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, check_device, read_defaults
+    from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, check_device, check_strength, read_defaults
     from lensgen.io import check_writable
     from lensgen.sizes import parse_size
 
@@ -195,7 +213,14 @@ def check_request(args: argparse.Namespace) -> Request:
     defaults = read_defaults(args.model or DEFAULT_MODEL_DIR)
     height, width = defaults.resolve_size(*(parse_size(args.size) if args.size else (None, None)))
     steps, cfg = defaults.sampling(args.steps, args.cfg, "--steps", "--cfg")
-    return Request(prompts, height, width, steps, cfg, total)
+    image, strength = None, args.strength
+    if args.image is None and strength is not None:
+        raise UserError("--strength is image-to-image's starting noise level: give --image FILE with it")
+    if args.image is not None:
+        strength = DEFAULT_STRENGTH if strength is None else strength
+        check_strength(strength, "--strength")
+        image = read_start_image(args.image)
+    return Request(prompts, height, width, steps, cfg, total, image, strength)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -205,16 +230,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model, args.device)
     out, model = Path(args.output), args.model or pipe.name
     jobs = iter_jobs(req.prompts, args.num, args.seed, args.negative_prompt)
+    start = {"image": args.image, "strength": req.strength} if req.image is not None else {}
     with tqdm(total=req.total, desc="generate", unit="img", disable=args.quiet, file=sys.stderr) as bar:
         for batch in batched(jobs, args.batch_size):
             images = pipe([j.prompt for j in batch], height=req.height, width=req.width, steps=req.steps,
                           cfg=req.cfg, seed=[j.seed for j in batch],
-                          negative_prompt=[j.negative_prompt for j in batch], progress=False)
+                          negative_prompt=[j.negative_prompt for j in batch], progress=False,
+                          image=req.image, strength=req.strength)
             for job, image in zip(batch, images):
                 path = output_path(out, job.index, req.total)
                 save_png(path, image, png_metadata(prompt=job.prompt, negative_prompt=job.negative_prompt,
                                                    seed=job.seed, steps=req.steps, cfg=req.cfg, height=req.height,
-                                                   width=req.width, model=model))
+                                                   width=req.width, model=model, **start))
                 bar.write(str(path), file=sys.stdout)
             bar.update(len(batch))
     return 0
@@ -245,6 +272,11 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                    help="random seed: image i uses seed + i (a prompts-file line with its own \"seed\" s uses "
                         "s, s + 1, ... for its --num images)")
     p.add_argument("--negative-prompt", default="", help="negative prompt (default: empty)")
+    p.add_argument("--image", metavar="FILE",
+                   help="image-to-image: start from this picture (resized to --size) instead of pure noise")
+    p.add_argument("--strength", type=float, default=None,
+                   help="with --image: the noise level to start from, in (0, 1]; lower keeps more of the "
+                        f"picture and runs fewer steps, 1 ignores it (default {DEFAULT_STRENGTH})")
     p.add_argument("--num", type=int, default=1, help="images per prompt (default 1)")
     p.add_argument("--batch-size", type=int, default=8,
                    help="images sampled together (default 8): bounds memory; larger is faster on a GPU")

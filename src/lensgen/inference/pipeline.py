@@ -1,5 +1,8 @@
 """`LensPipeline`: prompt -> text features -> Euler/CFG sampling in token space -> decode -> PIL images.
 
+Given starting images (`image=`, `strength=`), it samples image-to-image as SDEdit does: each image's tokens
+are noised to a level part-way down the schedule and the same solver runs from there.
+
 A pipeline folder (diffusers-style):
 
     model_index.json     component list, plus a "lensgen" block: default size, steps, CFG, size rules
@@ -71,6 +74,13 @@ def check_device(device: str | torch.device | None) -> torch.device | None:
     if dev.type == "cuda" and dev.index is not None and dev.index >= (n := torch.cuda.device_count()):
         raise UserError(f"device '{device}' does not exist: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
     return dev
+
+
+def check_strength(strength: float, name: str = "strength") -> None:
+    """Image-to-image's starting noise level: in (0, 1] (1 = pure noise, the image ignored)."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 < strength <= 1:
+        raise UserError(f"{name} must be a number in (0, 1] (the noise level image-to-image starts from; 1 = "
+                        f"pure noise), got {strength!r}")
 
 
 def check_sampling(steps: int, cfg: float, steps_name: str = "steps", cfg_name: str = "cfg") -> None:
@@ -310,6 +320,16 @@ class LensPipeline:
         grids = [torch.randn(c, height // f, width // f, generator=torch.Generator().manual_seed(s)) for s in seeds]
         return torch.stack(grids).flatten(2).transpose(1, 2).to(self.device)
 
+    def image_tokens(self, images: list[Image.Image], height: int, width: int) -> torch.Tensor:
+        """(B, h*w, C) clean tokens of `images`, each resized (bicubic) to width x height first."""
+        from lensgen.images import image_to_tensor
+
+        pixels = [image_to_tensor(im if im.size == (width, height) else
+                                  im.convert("RGB").resize((width, height), Image.Resampling.BICUBIC))
+                  for im in images]
+        tokens = self.codec.encode(torch.stack(pixels).to(self.device, self.codec.dtype)).float()
+        return tokens.flatten(2).transpose(1, 2)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -323,9 +343,14 @@ class LensPipeline:
         progress: bool = False,
         output_type: str = "pil",
         reasoner: Callable[..., list[str]] | None = None,
+        image: Image.Image | list[Image.Image] | None = None,
+        strength: float = 0.6,
     ) -> list[Image.Image] | torch.Tensor:
         """reasoner: rewrites the prompts before encoding, called as reasoner(prompts, aspect=width / height,
         seeds=seeds) -> list[str] (a `lensgen.reasoner` backend, or any callable of that form).
+        image: image-to-image (one image for every prompt, or one per prompt), each resized to the sampling
+        size; its tokens are noised to the first of the schedule's levels at or below `strength` and the
+        solver runs from there: 1 ignores the image, near 0 keeps it (at least the last step still runs).
         output_type: "pil" (images), "pt" ((B, 3, H, W) in [-1, 1]) or "latent" (the sampled (B, C, H/f, W/f)
         tokens before decoding, in the codec's normalised space; `codec.decode` turns them into images)."""
         if output_type not in ("pil", "pt", "latent"):
@@ -338,6 +363,14 @@ class LensPipeline:
         seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
         if len(seeds) != len(prompts):
             raise UserError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        if image is not None:
+            check_strength(strength)
+            starts = [image] if isinstance(image, Image.Image) else list(image)
+            if len(starts) == 1:
+                starts = starts * len(prompts)
+            if len(starts) != len(prompts) or not all(isinstance(im, Image.Image) for im in starts):
+                raise UserError(f"image must be one PIL image or one per prompt ({len(prompts)}), got "
+                                f"{len(starts)} item(s)")
         if reasoner is not None:
             prompts = list(reasoner(prompts, aspect=width / height, seeds=seeds))
 
@@ -353,6 +386,11 @@ class LensPipeline:
         velocity_fn = cfg_velocity_fn(model_fn, cfg) if guided else model_fn
         noise = self.initial_noise(seeds, height, width)
         sigmas = sampling_sigmas(steps, grid[0] * grid[1], schedule=self.defaults.schedule)
+        if image is not None:
+            first = min(int((sigmas > strength).sum()), len(sigmas) - 2)
+            sigmas = sigmas[first:]
+            start = float(sigmas[0])
+            noise = (1 - start) * self.image_tokens(starts, height, width) + start * noise
         tokens = sample(velocity_fn, noise, sigmas, solver=self.defaults.solver, progress=progress)
         latents = tokens.transpose(1, 2).unflatten(2, grid)
         if output_type == "latent":
