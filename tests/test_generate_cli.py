@@ -219,10 +219,11 @@ def test_a_shipped_model_is_found_by_name_from_any_directory(tmp_path, monkeypat
 
 def test_image_to_image_keeps_the_pictured_shape_and_records_its_start(fast, tmp_path):
     """--image with the shipped model: a true scene noised half-way comes back as the same shape and colour
-    (the judge reads it), and the PNG says which picture and strength it started from."""
+    where the picture has it (the prompt does not say where), and the PNG says which picture and strength it
+    started from."""
     from lensgen.shapes import captions, generate_scene, render
     from lensgen.shapes.judge import detect
-    from lensgen.shapes.scene import SceneConfig
+    from lensgen.shapes.scene import SceneConfig, to_pixels
 
     single = SceneConfig(min_objects=1, max_objects=1, p_text=0.0)
     key, scene = next(((0, i), s) for i in range(100) for s in [generate_scene((0, i), aspect=1.0, config=single)]
@@ -230,13 +231,15 @@ def test_image_to_image_keeps_the_pictured_shape_and_records_its_start(fast, tmp
     start, out = tmp_path / "start.png", tmp_path / "edit.png"
     render(scene, 64, 64).save(start)
     prompt = captions(scene, key)["short"]
-    assert cli.main(["generate", prompt, "--image", str(start), "--strength", "0.5", "--seed", "1",
+    assert cli.main(["generate", prompt, "--image", str(start), "--strength", "0.5", "--seed", "3",
                      "-o", str(out), "-q"]) == 0
     assert fast[-1]["strength"] == 0.5 and fast[-1]["image"].size == (64, 64)
     image = Image.open(out)
     assert image.text["image"] == str(start) and image.text["strength"] == "0.5"
     largest = max(detect(image.convert("RGB")).objects, key=lambda o: o.area)
     assert (largest.shape, largest.colour) == ("circle", scene.objects[0].colour)
+    x, y, _ = to_pixels(scene.objects[0], 64, 64)  # (seed 3 alone draws it at (49, 50), not (43, 30))
+    assert abs(largest.centre[0] - x) < 4 and abs(largest.centre[1] - y) < 4
 
 
 def test_bad_start_images_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
