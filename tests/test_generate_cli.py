@@ -246,11 +246,24 @@ def test_bad_start_images_are_refused_before_the_model_loads(tmp_path, capsys, m
     monkeypatch.setattr(LensPipeline, "from_pretrained", lambda *a, **k: pytest.fail("weights loaded"))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.png").write_text("not a picture")
+    Image.new("RGB", (100, 64)).save(tmp_path / "odd.png")
     for args, message in ((["--image", "missing.png"], "--image missing.png does not exist"),
                           (["--image", "notes.png"], "--image notes.png is not an image file PIL can read"),
                           (["--image", "notes.png", "--strength", "0"], "--strength must be a number in (0, 1]"),
                           (["--image", "notes.png", "--strength", "1.5"], "--strength must be a number in (0, 1]"),
-                          (["--strength", "0.5"], "give --image FILE with it")):
+                          (["--strength", "0.5"], "give --image FILE with it"),
+                          (["--image", "odd.png"], "--image odd.png is 100x64, which this model cannot sample "
+                                                   "(size 100x64 (WxH) is not allowed: both sides must be multiples "
+                                                   "of 8")):
         assert cli.main(["generate", "a red circle", *args]) == 2
         assert message in _err_line(capsys)
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.png", "odd.png"]
+
+
+def test_image_to_image_samples_at_the_pictures_size_unless_told(fast, tmp_path):
+    Image.new("RGB", (96, 48), "white").save(tmp_path / "wide.png")
+    for extra, size in (([], (96, 48)), (["--size", "64x64"], (64, 64))):
+        out = tmp_path / f"out-{size[0]}.png"
+        assert cli.main(["generate", "a red circle", "--image", str(tmp_path / "wide.png"), "--steps", "2",
+                         "-o", str(out), "-q", *extra]) == 0
+        assert Image.open(out).size == size and fast[-1]["strength"] == 0.6  # the default strength

@@ -220,6 +220,12 @@ def check_request(args: argparse.Namespace) -> Request:
         strength = DEFAULT_STRENGTH if strength is None else strength
         check_strength(strength, "--strength")
         image = read_start_image(args.image)
+        if not args.size:  # the picture's own size, as image-to-image pipelines do
+            try:
+                height, width = defaults.resolve_size(image.height, image.width)
+            except UserError as err:
+                raise UserError(f"--image {args.image} is {image.width}x{image.height}, which this model cannot "
+                                f"sample ({err}); give --size WxH to resize it") from None
     return Request(prompts, height, width, steps, cfg, total, image, strength)
 
 
@@ -273,7 +279,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                         "s, s + 1, ... for its --num images)")
     p.add_argument("--negative-prompt", default="", help="negative prompt (default: empty)")
     p.add_argument("--image", metavar="FILE",
-                   help="image-to-image: start from this picture (resized to --size) instead of pure noise")
+                   help="image-to-image: start from this picture instead of pure noise, at its own size (or "
+                        "resized to --size)")
     p.add_argument("--strength", type=float, default=None,
                    help="with --image: the noise level to start from, in (0, 1]; lower keeps more of the "
                         f"picture and runs fewer steps, 1 ignores it (default {DEFAULT_STRENGTH})")
