@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
             pipes[f"{args.models[0]} + fit {args.fit}"].save_pretrained(args.save)
     codec = pipes[args.models[0]].codec
     table: dict = {}
+    asked = f", asked for a {args.prompt_shape}" if args.prompt_shape else ""
     col = max(42, *(len(n) + 34 for n in pipes))
     print(f"{'shape':8} {'source':{col}} {'read right':>10} {'margin':>8} {'quality':>7}  read as")
     for shape in args.shapes:
@@ -135,14 +136,14 @@ def main(argv: list[str] | None = None) -> dict:
             through = to_pil(codec.decode(codec.encode(torch.stack([image_to_tensor(im) for im in truth]))))
         rows = {"true scenes": margins(truth, shape), f"true scenes through {args.models[0]}'s VAE": margins(through, shape)}
         rows.update({name: margins(samples(pipe, shape, args.n, args.size), shape) for name, pipe in pipes.items()})
-        prompts = [captions(scene, key)["short"] for key, scene in scenes]
         if args.prompt_shape:  # the same scenes, the prompt naming another shape: what the text alone decides
             prompts = [f"a photo of a {scene.objects[0].colour} {args.prompt_shape}" for _, scene in scenes]
+        else:
+            prompts = [captions(scene, key)["short"] for key, scene in scenes]
         for name, pipe in pipes.items():
             for level in args.from_sigma:
                 edited = pipe(prompts, height=args.size, width=args.size, seed=list(range(args.n)), image=truth,
                               strength=level)
-                asked = f", asked for a {args.prompt_shape}" if args.prompt_shape else ""
                 rows[f"{name} from true scenes at sigma {level:g}{asked}"] = margins(edited, shape)
         for source, r in rows.items():
             margin = f"{r['margin_median']:+.4f}" if r["margin_median"] is not None else "-"

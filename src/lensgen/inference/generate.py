@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 PROMPT_FIELDS = ("prompt", "seed", "negative_prompt")  # what a JSONL prompts line may hold
 MAX_SEED = 2**63 - 1
-DEFAULT_STRENGTH = 0.6  # --image without --strength (as LensPipeline): the layout kept, details redrawn
 
 
 def load_pipeline(model: str | None, device: str | None = None) -> LensPipeline:
@@ -168,7 +167,7 @@ class Request:
     cfg: float
     total: int
     image: Image.Image | None = None  # image-to-image's starting image (--image)
-    strength: float = DEFAULT_STRENGTH
+    strength: float | None = None  # and its starting noise level (--strength, or the pipeline's default)
 
 
 def read_start_image(path: str | Path) -> Image.Image:
@@ -195,7 +194,13 @@ def _prompts(args: argparse.Namespace) -> list[PromptLine]:
 
 def check_request(args: argparse.Namespace) -> Request:
     """Check every argument against the model folder's model_index.json, before the slow weight load."""
-    from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, check_device, check_strength, read_defaults
+    from lensgen.inference.pipeline import (
+        DEFAULT_MODEL_DIR,
+        DEFAULT_STRENGTH,
+        check_device,
+        check_strength,
+        read_defaults,
+    )
     from lensgen.io import check_writable
     from lensgen.sizes import parse_size
 
@@ -283,7 +288,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                         "resized to --size)")
     p.add_argument("--strength", type=float, default=None,
                    help="with --image: the noise level to start from, in (0, 1]; lower keeps more of the "
-                        f"picture and runs fewer steps, 1 ignores it (default {DEFAULT_STRENGTH})")
+                        "picture and runs fewer steps, 1 ignores it (default: LensPipeline's, 0.6)")
     p.add_argument("--num", type=int, default=1, help="images per prompt (default 1)")
     p.add_argument("--batch-size", type=int, default=8,
                    help="images sampled together (default 8): bounds memory; larger is faster on a GPU")

@@ -30,13 +30,14 @@ from lensgen import SHIPPED_MODELS_DIR
 from lensgen.errors import LensgenWarning, UserError
 from lensgen.flow.sampler import SOLVERS, cfg_velocity_fn, sample
 from lensgen.flow.schedule import sampling_sigmas, schedule_mu
-from lensgen.images import to_pil
+from lensgen.images import image_to_tensor, to_pil
 from lensgen.models.text_encoder import TextEncoder, TextFeatures
 from lensgen.models.transformer import LensTransformer2DModel
 from lensgen.models.vae import LatentCodec
 from lensgen.sizes import validate_size
 
 MODEL_INDEX = "model_index.json"
+DEFAULT_STRENGTH = 0.6  # image-to-image's starting noise level: the picture's layout kept, its details redrawn
 DEFAULT_MODEL_DIR = SHIPPED_MODELS_DIR / "shapes-tiny"
 
 
@@ -322,8 +323,6 @@ class LensPipeline:
 
     def image_tokens(self, images: list[Image.Image], height: int, width: int) -> torch.Tensor:
         """(B, h*w, C) clean tokens of `images`, each resized (bicubic) to width x height first."""
-        from lensgen.images import image_to_tensor
-
         pixels = [image_to_tensor(im if im.size == (width, height) else
                                   im.convert("RGB").resize((width, height), Image.Resampling.BICUBIC))
                   for im in images]
@@ -344,7 +343,7 @@ class LensPipeline:
         output_type: str = "pil",
         reasoner: Callable[..., list[str]] | None = None,
         image: Image.Image | list[Image.Image] | None = None,
-        strength: float = 0.6,
+        strength: float = DEFAULT_STRENGTH,
     ) -> list[Image.Image] | torch.Tensor:
         """reasoner: rewrites the prompts before encoding, called as reasoner(prompts, aspect=width / height,
         seeds=seeds) -> list[str] (a `lensgen.reasoner` backend, or any callable of that form).
@@ -401,5 +400,6 @@ class LensPipeline:
         return to_pil(images)
 
 
-__all__ = ["DEFAULT_MODEL_DIR", "LensPipeline", "PipelineDefaults", "check_device", "check_sampling", "model_dir",
-           "StartingPoint", "check_codec", "read_defaults", "read_model_index", "shipped_models"]
+__all__ = ["DEFAULT_MODEL_DIR", "DEFAULT_STRENGTH", "LensPipeline", "PipelineDefaults", "check_device",
+           "check_sampling", "check_strength", "model_dir", "StartingPoint", "check_codec", "read_defaults",
+           "read_model_index", "shipped_models"]
