@@ -25,6 +25,7 @@ from lensgen.models.transformer import LensTransformer2DModel, preset
 from lensgen.models.vae import build_codec
 from lensgen.rl.batches import plan_jobs
 from lensgen.rl.config import load_rl_config
+from lensgen.rl.latent_classifier import LatentClassifier, LatentClassifierConfig, guidance
 from lensgen.rl.ptx import PretrainAnchor
 from lensgen.rl.rewards import RewardResult
 from lensgen.rl.trainer import NFTTrainer
@@ -306,6 +307,39 @@ def test_kl_pulls_toward_another_models_guided_velocity(tmp_path, tiny_model, pr
     assert torch.allclose(plain.reference_velocity(x_t, feats, mask, sigma, grid), own, atol=1e-6)
     metrics = guided.rl_step()
     assert metrics["kl"] > 1e-4  # the policy is not the reference: the pull is live from the first step
+
+
+def test_kl_classifier_adds_its_guidance_toward_each_rubric_below_max_sigma(tmp_path, tiny_model, prompts):
+    """optim.kl_classifier: the KL target is the reference's velocity plus the latent classifier's guidance
+    toward each sample's rubric, only at levels up to optim.kl_classifier_max_sigma; a step trains on it."""
+    plain = NFTTrainer(config(tmp_path, tiny_model, prompts, "plain", 1, "optim.kl_weight=1.0"), progress=False)
+    torch.manual_seed(0)
+    classifier = LatentClassifier(LatentClassifierConfig(channels=plain.codec.token_channels, width=16, depth=1))
+    classifier.save_pretrained(tmp_path / "clf")
+    more = ("optim.kl_weight=1.0", f"optim.kl_classifier={tmp_path / 'clf'}", "optim.kl_classifier_scale=4.0",
+            "optim.kl_classifier_max_sigma=0.9")
+    guided = NFTTrainer(config(tmp_path, tiny_model, prompts, "guided", 1, *more), progress=False)
+    texts, rubrics = [guided.prompts[i].prompt for i in (0, 1)], [guided.rubrics[i] for i in (0, 1)]
+    feats, mask = guided._features(texts)
+    grid, sigma = (4, 6), torch.tensor([0.3, 0.95])
+    x_t = torch.randn(2, 24, guided.codec.token_channels, generator=torch.Generator().manual_seed(0))
+    base = plain.reference_velocity(x_t, feats, mask, sigma, grid)
+    got = guided.reference_velocity(x_t, feats, mask, sigma, grid, rubrics=rubrics)
+    expected = base + guidance(guided.classifier, x_t, sigma, grid, rubrics, 4.0, 0.9)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got[0], base[0], atol=1e-4) and torch.equal(got[1], base[1])
+    assert torch.equal(guided.reference_velocity(x_t, feats, mask, sigma, grid), base)  # no rubrics: no guidance
+    assert guided.rl_step()["kl"] > 0  # the policy starts as the reference: only the guidance separates them
+    with pytest.raises(UserError, match="optim.kl_classifier"):
+        config(tmp_path, tiny_model, prompts, "x", 1, "optim.kl_weight=0", f"optim.kl_classifier={tmp_path / 'clf'}")
+    LatentClassifier(LatentClassifierConfig(channels=plain.codec.token_channels + 1, width=16, depth=1)
+                     ).save_pretrained(tmp_path / "other")
+    with pytest.raises(UserError, match="-channel latents"):
+        NFTTrainer(config(tmp_path, tiny_model, prompts, "z", 1, "optim.kl_weight=1.0",
+                          f"optim.kl_classifier={tmp_path / 'other'}"), progress=False)
+    with pytest.raises(UserError, match="not a latent classifier folder"):
+        NFTTrainer(config(tmp_path, tiny_model, prompts, "y", 1, "optim.kl_weight=1.0",
+                          f"optim.kl_classifier={tmp_path}"), progress=False)
 
 
 def test_reference_from_refuses_lora_and_another_architecture(tmp_path, tiny_model, prompts):

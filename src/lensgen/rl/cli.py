@@ -34,6 +34,19 @@ def cmd_rl(args: argparse.Namespace) -> int:
     return 0
 
 
+CLASSIFIER_HELP = """Train the latent classifier that `lensgen rl` can add to its KL pull as classifier guidance
+(optim.kl_classifier): a small conv net that reads, from a Shapes model's noised latent tokens, each shape's
+count, which (colour, shape) pairs are present and which relations hold. It trains on true training-split
+scenes encoded by the model's own codec (held-out safe) and writes OUT/latent_classifier.safetensors, its config
+and OUT/report.json (accuracy per noise level on scenes it did not see). About 16 minutes on 2 CPU cores."""
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from lensgen.rl.classifier_train import cmd_train_classifier as run
+
+    return run(args)
+
+
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p = groups[""].add_parser("rl", help="RL post-training with DiffusionNFT (rubric rewards, CPU or torchrun)",
                               description=RL_HELP)
@@ -43,3 +56,19 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest if present")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_rl)
+
+    c = groups[""].add_parser("train-classifier", help="train the latent classifier for RL's guided KL pull",
+                              description=CLASSIFIER_HELP)
+    c.add_argument("--model", default="shapes-tiny-base",
+                   help="a shipped model name or pipeline folder whose codec encodes the scenes (default "
+                        "shapes-tiny-base; its RL and Turbo models share that codec)")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--scenes", type=int, default=32768, help="true scenes to train on (default 32768)")
+    c.add_argument("--steps", type=int, default=5000, help="optimiser steps (default 5000)")
+    c.add_argument("--batch-size", type=int, default=256, help="noised latents per step (default 256)")
+    c.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the one-cycle schedule")
+    c.add_argument("--size", type=int, default=64, help="square scene size in pixels (default 64, ShapesEval's)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    c.set_defaults(func=cmd_train_classifier)

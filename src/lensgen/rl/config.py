@@ -75,6 +75,11 @@ class RLOptimConfig:
     # CFG scale of what the KL term pulls toward: the reference's velocity guided with the empty prompt (the
     # sampler's CFG), which distils guidance into the CFG-free policy; 1: the conditional velocity (one pass)
     kl_guidance: float = 1.0
+    # a `lensgen train-classifier` folder: the KL pull aims at the reference's velocity plus that latent
+    # classifier's guidance toward what each prompt's rubric asks (rl/latent_classifier.py); empty: none
+    kl_classifier: str = ""
+    kl_classifier_scale: float = 30.0  # the guidance scale
+    kl_classifier_max_sigma: float = 0.8  # guide only at noise levels up to this one
     adv_clip: float = 5.0
     advantage_std: str = "global"  # divide by the std of all rewards (as published) or "group": each group's own
     old_decay_rate: float = 0.001  # eta = min(rate * step, cap)
@@ -172,6 +177,11 @@ class RLConfig(Validated):
              "a CFG scale >= 0 (1: the reference's conditional velocity)"),
             (o.kl_guidance == 1 or o.kl_weight > 0, "optim.kl_guidance",
              "1 while optim.kl_weight is 0 (the guided reference only enters the KL term)"),
+            (not o.kl_classifier or o.kl_weight > 0, "optim.kl_classifier",
+             "empty while optim.kl_weight is 0 (the classifier's guidance only enters the KL term)"),
+            (math.isfinite(o.kl_classifier_scale) and o.kl_classifier_scale >= 0, "optim.kl_classifier_scale",
+             "a guidance scale >= 0"),
+            (0 < o.kl_classifier_max_sigma < 1, "optim.kl_classifier_max_sigma", "a noise level in (0, 1)"),
             (not self.model.reference_from or self.model.lora_rank == 0, "model.reference_from",
              "empty with LoRA (model.lora_rank > 0: the reference is the base under the adapters)"),
             (not self.model.reference_from or o.kl_weight > 0, "model.reference_from",

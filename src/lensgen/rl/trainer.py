@@ -34,6 +34,7 @@ from lensgen.models.transformer import LensTransformer2DModel
 from lensgen.rl import nft
 from lensgen.rl.batches import Job, PromptSampler, by_bucket, noise_seed, plan_jobs, rank_jobs
 from lensgen.rl.config import RLConfig, rl_config_to_dict
+from lensgen.rl.latent_classifier import LatentClassifier, guidance
 from lensgen.rl.policy import PolicyModels
 from lensgen.rl.ptx import PretrainAnchor
 from lensgen.rl.report import reward_plot_png
@@ -76,6 +77,12 @@ class NFTTrainer:
             if config.model.reference_from else None
         self.policy = PolicyModels(model, config.model.lora_rank, config.model.lora_alpha,
                                    with_reference=config.optim.kl_weight > 0, reference=reference)
+        self.classifier = LatentClassifier.from_pretrained(config.optim.kl_classifier, self.device) \
+            if config.optim.kl_classifier else None
+        if self.classifier is not None and self.classifier.config.channels != self.codec.token_channels:
+            raise UserError(f"optim.kl_classifier {config.optim.kl_classifier} reads {self.classifier.config.channels}"
+                            f"-channel latents; {config.model.init_from}'s codec makes {self.codec.token_channels} "
+                            "(train one with `lensgen train-classifier --model` set to this model)")
         use_fsdp = parallelize(self.policy.model, config.system, self.info, self.bf16)
         if use_fsdp:
             for frozen in self.policy.frozen_modules():
@@ -269,7 +276,8 @@ class NFTTrainer:
                 x_t = (1 - s_) * x0 + s_ * eps
                 with self.autocast:
                     v_old = self.policy.old(x_t, feats, sigma, grid, mask).float()
-                    v_ref = self.reference_velocity(x_t, feats, mask, sigma, grid, uncond)
+                    v_ref = self.reference_velocity(x_t, feats, mask, sigma, grid, uncond,
+                                                    [self.rubrics[s.job.prompt] for s in batch])
                     v = self.policy(x_t, feats, sigma, grid, mask).float()
                 loss, parts = nft.nft_loss(v, v_old, x_t, x0, sigma, r, beta=o.nft_beta, v_ref=v_ref,
                                            kl_weight=o.kl_weight, adv_clip=o.adv_clip,
@@ -284,18 +292,24 @@ class NFTTrainer:
     @torch.no_grad()
     def reference_velocity(self, x_t: torch.Tensor, feats: torch.Tensor, mask: torch.Tensor, sigma: torch.Tensor,
                            grid: tuple[int, int], uncond: tuple[torch.Tensor, torch.Tensor] | None = None,
-                           ) -> torch.Tensor | None:
+                           rubrics: list[dict] | None = None) -> torch.Tensor | None:
         """What the KL term pulls toward (None without one): the reference's velocity, guided as the sampler
         guides (`guided_velocity`, the empty prompt as the unconditional) when `optim.kl_guidance` is not 1,
-        so that the CFG-free policy learns what the reference draws with CFG. `uncond`: the empty prompt's
-        features and mask for this batch, if the caller already encoded them (one encode per micro-batch)."""
+        so that the CFG-free policy learns what the reference draws with CFG; with `optim.kl_classifier`, plus
+        that latent classifier's guidance toward each sample's rubric (`rubrics`, one per sample). `uncond`:
+        the empty prompt's features and mask for this batch, if the caller already encoded them (one encode
+        per micro-batch)."""
         v = self.policy.ref(x_t, feats, sigma, grid, mask)
-        scale = self.cfg.optim.kl_guidance
-        if v is None or scale == 1:
-            return None if v is None else v.float()
-        empty, empty_mask = uncond if uncond is not None else self._features([""] * len(x_t))
-        v_uncond = self.policy.ref(x_t, empty, sigma, grid, empty_mask)
-        return guided_velocity(v.float(), v_uncond.float(), scale)
+        if v is None:
+            return None
+        v, o = v.float(), self.cfg.optim
+        if o.kl_guidance != 1:
+            empty, empty_mask = uncond if uncond is not None else self._features([""] * len(x_t))
+            v = guided_velocity(v, self.policy.ref(x_t, empty, sigma, grid, empty_mask).float(), o.kl_guidance)
+        if self.classifier is not None and rubrics is not None:
+            v = v + guidance(self.classifier, x_t, sigma, grid, rubrics, o.kl_classifier_scale,
+                             o.kl_classifier_max_sigma)
+        return v
 
     def rl_step(self) -> dict:
         cfg = self.cfg
