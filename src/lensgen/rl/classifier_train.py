@@ -22,6 +22,7 @@ from lensgen.rl.latent_classifier import (
     classifier_loss,
     scene_targets,
 )
+from lensgen.train.objective import noisy_input
 
 REPORT_SIGMAS = (0.2, 0.4, 0.6, 0.7, 0.8, 0.9)
 
@@ -47,20 +48,19 @@ def encode_scenes(codec, count: int, size: int, seed: int, batch_size: int = 64,
 
 
 def noised(x0: torch.Tensor, sigma: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    s = sigma[:, None, None, None]
-    return (1 - s) * x0 + s * torch.randn(x0.shape, generator=generator)
+    """Latents (B, C, h, w) at levels sigma (B,), fresh noise from `generator`."""
+    return noisy_input(x0, torch.randn(x0.shape, generator=generator), sigma)[0]
 
 
 def accuracy_by_sigma(classifier: LatentClassifier, x0: torch.Tensor, targets: SceneTargets,
                       sigmas: tuple[float, ...] = REPORT_SIGMAS, seed: int = 1) -> dict[float, dict[str, float]]:
     """Per noise level: the share of shapes whose count is read right, of scenes whose every (colour, shape)
     pair is read right, and of relation labels read right among the scenes' true ones (recall)."""
-    out = {}
+    out, held = {}, targets.relations > 0
     with torch.no_grad():
         for level in sigmas:
             sigma = torch.full((len(x0),), level)
             logits = classifier(noised(x0, sigma, torch.Generator().manual_seed(seed)), sigma)
-            held = targets.relations > 0
             out[level] = {
                 "counts": float((logits.counts.argmax(-1) == targets.counts).float().mean()),
                 "pairs_exact": float(((logits.pairs > 0).float() == targets.pairs).all(1).float().mean()),

@@ -264,6 +264,7 @@ class NFTTrainer:
             feats, mask = self._features([self.prompts[s.job.prompt].prompt for s in batch])
             uncond = self._features([""] * len(batch)) if o.kl_weight and o.kl_guidance != 1 else None
             x0 = torch.stack([s.tokens for s in batch]).to(self.device)
+            rubrics = [self.rubrics[s.job.prompt] for s in batch] if self.classifier is not None else None
             r = nft.optimality(torch.tensor([s.advantage for s in batch]), o.adv_clip).to(self.device)
             sigmas = self.sigmas(grid, cfg.sample.steps)[:grid_levels].float()
             orders = [torch.randperm(grid_levels, generator=torch.Generator().manual_seed(
@@ -276,8 +277,7 @@ class NFTTrainer:
                 x_t = (1 - s_) * x0 + s_ * eps
                 with self.autocast:
                     v_old = self.policy.old(x_t, feats, sigma, grid, mask).float()
-                    v_ref = self.reference_velocity(x_t, feats, mask, sigma, grid, uncond,
-                                                    [self.rubrics[s.job.prompt] for s in batch])
+                    v_ref = self.reference_velocity(x_t, feats, mask, sigma, grid, uncond, rubrics)
                     v = self.policy(x_t, feats, sigma, grid, mask).float()
                 loss, parts = nft.nft_loss(v, v_old, x_t, x0, sigma, r, beta=o.nft_beta, v_ref=v_ref,
                                            kl_weight=o.kl_weight, adv_clip=o.adv_clip,

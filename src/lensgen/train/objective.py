@@ -45,8 +45,8 @@ def shift_sigma_per_sample(sigma: torch.Tensor, mu: torch.Tensor) -> torch.Tenso
 
 
 def noisy_input(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_t and the velocity target for tokens (B, N, C) and sigma (B,)."""
-    s = sigma.to(x0.dtype)[:, None, None]
+    """x_t and the velocity target for tokens (B, N, C), or any (B, ...) tensor, and sigma (B,)."""
+    s = sigma.to(x0.dtype).reshape(-1, *[1] * (x0.ndim - 1))
     return (1 - s) * x0 + s * noise, noise - x0
 
 
