@@ -146,3 +146,24 @@ def test_guidance_benchmark_at_scale_zero_is_the_model_as_it_samples(tmp_path, c
     prompt = [load_prompts(["color_attr"], limit=1)[0].prompt]  # a held-out prompt: the benchmark knows its rubric
     a, b = unguided(prompt, [0])[0], guided(prompt, [0])[0]
     assert a.tobytes() != b.tobytes()
+
+
+def test_guidance_benchmark_reads_the_same_rubrics_from_the_prompt_words_with_counts_at_least():
+    """--rubrics text: every held-out prompt's rubric read from its words alone (no task label) asks the same
+    items and counts as its ShapesEval spec's; only the counting task's exact rule is not in the words."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "classifier_guidance.py"
+    spec = importlib.util.spec_from_file_location("classifier_guidance", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    task, text = bench.eval_rubrics("task"), bench.eval_rubrics("text")
+    assert task.keys() == text.keys() and len(task) > 100
+    exact = {p for p, r in task.items() if r["exact"]}
+    assert exact and not any(r["exact"] for r in text.values())
+    for prompt in task:
+        assert {**task[prompt], "exact": False} == text[prompt], prompt
+    assert all(r["exact"] for r in bench.eval_rubrics("text-exact").values())
+    with pytest.raises(SystemExit, match="expected one of task, text, text-exact"):
+        bench.eval_rubrics("words")
