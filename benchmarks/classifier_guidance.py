@@ -49,11 +49,12 @@ def eval_rubrics(source: str = "task") -> dict[str, dict]:
 
 
 def guided_generator(pipe: LensPipeline, classifier: LatentClassifier, scale: float, max_sigma: float, size: int,
-                     rubrics: str = "task"):
-    """generate(prompts, seeds) for `evaluate`: the pipeline's CFG-free sampler with the classifier's guidance."""
+                     rubrics: dict[str, dict] | None = None):
+    """generate(prompts, seeds) for `evaluate`: the pipeline's CFG-free sampler with the classifier's guidance
+    toward `rubrics` (prompt -> rubric; default: `eval_rubrics("task")`)."""
     if pipe.defaults.cfg != 1:
         raise SystemExit(f"{pipe.name} samples with CFG {pipe.defaults.cfg}; this benchmark guides CFG-free models")
-    rubrics = eval_rubrics(rubrics)
+    rubrics = eval_rubrics() if rubrics is None else rubrics
     f = pipe.codec.spatial_factor
     grid = (size // f, size // f)
     sigmas = sampling_sigmas(pipe.defaults.steps, grid[0] * grid[1], schedule=pipe.defaults.schedule)
@@ -92,9 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     pipe = LensPipeline.from_pretrained(args.model, device="cpu")
     classifier = LatentClassifier.from_pretrained(args.classifier)
+    rubrics = eval_rubrics(args.rubrics)
     overall = {}
     for scale in args.scales:
-        result = evaluate(guided_generator(pipe, classifier, scale, args.max_sigma, args.size, args.rubrics),
+        result = evaluate(guided_generator(pipe, classifier, scale, args.max_sigma, args.size, rubrics),
                           n_per_prompt=args.n_per_prompt, limit=args.limit, progress=False)
         title = (f"ShapesEval, {pipe.name}, classifier guidance {scale:g} up to sigma {args.max_sigma:g}, "
                  f"{args.rubrics} rubrics")
