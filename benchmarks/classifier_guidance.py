@@ -1,112 +1,109 @@
-"""ShapesEval of a model sampled with a latent classifier's guidance (`lensgen train-classifier`).
+"""Classifier guidance's scale, picked on training prompts, and ShapesEval at each scale.
 
-What the guided KL pull of `lensgen rl` (optim.kl_classifier) would distil, measured directly: each held-out
-prompt's rubric (`rubrics_for`; `--rubrics task`: its ShapesEval spec's, GenEval's exact counts only where the
-task asks them; `--rubrics text`: read from the prompt's words alone, as a sampler would) guides the model's own
-sampler, v' = v - scale * sigma / (1 - sigma) * grad log p(rubric | x_sigma) at levels up to --max-sigma.
-Each scale's results go to OUT-<scale>/results.json for `lensgen eval compare`; scale 0 is the model as it
-samples (the same images as `lensgen eval shapes` at its defaults).
+Samples through `LensPipeline(classifier_scale=...)`, as `lensgen generate` does: the model folder's own
+classifier/, or `--classifier DIR` (a `lensgen train-classifier` folder) attached to a model without one.
 
-    python benchmarks/classifier_guidance.py shapes-tiny runs/classifier-shapes --scales 0 30 --out runs/eval-guided
+--prompts train (default): a fixed sample of the RL prompt set (`lensgen data rl-prompts`; training-side keys
+only, so a scale picked here is not tuned on the held-out benchmark), each image scored with the RL reward (the
+Shapes rubric) and the GenEval rule, per dimension. --prompts eval: ShapesEval's held-out prompts, each scale's
+results in OUT-<scale>/results.json for `lensgen eval compare` (`lensgen eval shapes --classifier-scale S`
+gives the same for one scale).
+
+    python benchmarks/classifier_guidance.py shapes-tiny --scales 0 15 30 60
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
+from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from lensgen.data.rl_prompts.records import rubric_dict
-from lensgen.eval.shapes import evaluate, format_table
-from lensgen.flow.sampler import sample
-from lensgen.flow.schedule import sampling_sigmas
-from lensgen.images import to_pil
+from lensgen.data.rl_prompts.records import load_rl_prompts
+from lensgen.eval.shapes import evaluate, format_table, pipeline_generator
+from lensgen.inference.classifier_guidance import check_max_sigma
 from lensgen.inference.pipeline import LensPipeline
 from lensgen.io import atomic_write_json
-from lensgen.rl.latent_classifier import LatentClassifier, guidance
-from lensgen.shapes.evalset import load_prompts
-from lensgen.shapes.prompt import parse_prompt
-from lensgen.shapes.rubrics import rubrics_for
-
-RUBRIC_SOURCES = ("task", "text", "text-exact")
+from lensgen.models.latent_classifier import LatentClassifier
+from lensgen.rl.rewards import GenEvalReward, ShapesRubricReward
 
 
-def eval_rubrics(source: str = "task") -> dict[str, dict]:
-    """Each held-out prompt's rubric for the guidance. "task": its ShapesEval spec's, exact counts only on the
-    counting task (GenEval's rule); "text": read from the prompt's words alone (`parse_prompt`, counts at
-    least), what a sampler that knows only the prompt could ask; "text-exact": the same, every count exact."""
-    if source not in RUBRIC_SOURCES:
-        raise SystemExit(f"--rubrics: expected one of {', '.join(RUBRIC_SOURCES)}, got {source!r}")
-    rubrics = {}
-    for spec in load_prompts():
-        asked = spec if source == "task" else parse_prompt(spec.prompt)
-        rubric = rubric_dict(rubrics_for(asked))
-        rubric["exact"] = asked.exact_count or source == "text-exact"
-        rubrics[spec.prompt] = rubric
-    return rubrics
+def load_pipeline(model: str, classifier: str | None) -> LensPipeline:
+    """The model, with `classifier` attached (replacing its own) when given; one with no classifier is refused."""
+    pipe = LensPipeline.from_pretrained(model, device="cpu")
+    if classifier:
+        pipe.classifier = LatentClassifier.from_pretrained(classifier)
+    if pipe.classifier is None:
+        raise SystemExit(f"{model} has no classifier/: give one with --classifier DIR (`lensgen train-classifier`)")
+    return pipe
 
 
-def guided_generator(pipe: LensPipeline, classifier: LatentClassifier, scale: float, max_sigma: float, size: int,
-                     rubrics: dict[str, dict] | None = None):
-    """generate(prompts, seeds) for `evaluate`: the pipeline's CFG-free sampler with the classifier's guidance
-    toward `rubrics` (prompt -> rubric; default: `eval_rubrics("task")`)."""
-    if pipe.defaults.cfg != 1:
-        raise SystemExit(f"{pipe.name} samples with CFG {pipe.defaults.cfg}; this benchmark guides CFG-free models")
-    rubrics = eval_rubrics() if rubrics is None else rubrics
-    f = pipe.codec.spatial_factor
-    grid = (size // f, size // f)
-    sigmas = sampling_sigmas(pipe.defaults.steps, grid[0] * grid[1], schedule=pipe.defaults.schedule)
-
-    def generate(prompts: list[str], seeds: list[int]):
-        text = pipe.encode_prompts(list(prompts), "", False)
-        asked = [rubrics[p] for p in prompts]
-
-        def velocity(x, sigma):
-            v = pipe.transformer(x, text.features, sigma, grid, text.mask).float()
-            return v + guidance(classifier, x, sigma, grid, asked, scale, max_sigma)
-
-        tokens = sample(velocity, pipe.initial_noise(list(seeds), size, size), sigmas, solver=pipe.defaults.solver)
-        with torch.no_grad():
-            return to_pil(pipe.codec.decode(tokens.transpose(1, 2).unflatten(2, grid)).float().clamp(-1, 1))
-
-    return torch.no_grad()(generate)
+def training_scores(pipe: LensPipeline, records: list, scale: float, n_per_prompt: int,
+                    batch_size: int = 32) -> dict[str, dict[str, float]]:
+    """Per RL-prompt dimension (and "all"): mean rubric reward and GenEval rule of the images sampled at `scale`."""
+    jobs = [(r, seed) for r in records for seed in range(n_per_prompt)]
+    rubric, geneval = ShapesRubricReward(), GenEvalReward()
+    rows = defaultdict(list)
+    for i in range(0, len(jobs), batch_size):
+        batch = jobs[i:i + batch_size]
+        prompts = [r.prompt for r, _ in batch]
+        images = pipe(prompts, seed=[seed for _, seed in batch], classifier_scale=scale)
+        rubrics = [r.rubric.to_dict() for r, _ in batch]
+        for (r, _), a, b in zip(batch, rubric(images, prompts, rubrics).scores, geneval(images, prompts, rubrics).scores):
+            rows[r.dimension].append((float(a), float(b)))
+            rows["all"].append((float(a), float(b)))
+    return {dim: {"rubric": sum(a for a, _ in v) / len(v), "geneval": sum(b for _, b in v) / len(v), "images": len(v)}
+            for dim, v in rows.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="a CFG-free shipped model name or pipeline folder")
-    parser.add_argument("classifier", help="a `lensgen train-classifier` folder")
+    parser.add_argument("model", help="a shipped model name or pipeline folder")
+    parser.add_argument("--classifier", default=None, help="a `lensgen train-classifier` folder to guide with "
+                                                           "(default: the model's own classifier/)")
     parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 30.0])
-    parser.add_argument("--max-sigma", type=float, default=0.8, help="guide only up to this noise level")
-    parser.add_argument("--n-per-prompt", type=int, default=4)
-    parser.add_argument("--limit", type=int, default=None, help="prompts per task (quick runs)")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--rubrics", choices=RUBRIC_SOURCES, default="task",
-                        help="task: each prompt's ShapesEval rubric, exact counts only on the counting task "
-                             "(default); text: read from the prompt's words alone, counts at least; "
-                             "text-exact: the same, every count exact")
+    parser.add_argument("--max-sigma", type=float, default=None,
+                        help="guide only up to this noise level (default: the model's classifier_max_sigma)")
+    parser.add_argument("--prompts", choices=("train", "eval"), default="train")
+    parser.add_argument("--prompt-set", default="runs/rl-prompts.jsonl", help="the RL prompt set (--prompts train)")
+    parser.add_argument("--num-prompts", type=int, default=240, help="training prompts sampled (--prompts train)")
+    parser.add_argument("--n-per-prompt", type=int, default=None, help="images per prompt (default: 2 train, 4 eval)")
+    parser.add_argument("--limit", type=int, default=None, help="ShapesEval prompts per task (--prompts eval)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=None, help="write OUT-<scale>/results.json for `lensgen eval compare`")
+    parser.add_argument("--out", default=None, help="--prompts eval: write OUT-<scale>/results.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    pipe = LensPipeline.from_pretrained(args.model, device="cpu")
-    classifier = LatentClassifier.from_pretrained(args.classifier)
-    rubrics = eval_rubrics(args.rubrics)
-    overall = {}
+    pipe = load_pipeline(args.model, args.classifier)
+    if args.max_sigma is not None:
+        check_max_sigma(args.max_sigma, "--max-sigma")
+        pipe.defaults = replace(pipe.defaults, classifier_max_sigma=args.max_sigma)
+    max_sigma = pipe.defaults.classifier_max_sigma
+    out: dict = {}
+    if args.prompts == "train":
+        records = load_rl_prompts(args.prompt_set)
+        records = random.Random(0).sample(records, min(args.num_prompts, len(records)))
+        print(f"| scale | dimension | rubric reward | GenEval rule | images |  ({pipe.name}; guidance up to "
+              f"sigma {max_sigma:g}; {len(records)} training prompts)")
+        print("| ---: | --- | ---: | ---: | ---: |")
+        for scale in args.scales:
+            out[scale] = training_scores(pipe, records, scale, args.n_per_prompt or 2)
+            for dim, s in sorted(out[scale].items()):
+                print(f"| {scale:g} | {dim} | {s['rubric']:.3f} | {s['geneval']:.3f} | {s['images']} |", flush=True)
+        return out
     for scale in args.scales:
-        result = evaluate(guided_generator(pipe, classifier, scale, args.max_sigma, args.size, rubrics),
-                          n_per_prompt=args.n_per_prompt, limit=args.limit, progress=False)
-        title = (f"ShapesEval, {pipe.name}, classifier guidance {scale:g} up to sigma {args.max_sigma:g}, "
-                 f"{args.rubrics} rubrics")
-        print(format_table(result, title))
-        overall[scale] = result.overall
+        generate = pipeline_generator(pipe, pipe.defaults.height, pipe.defaults.width, None, None, scale)
+        result = evaluate(generate, n_per_prompt=args.n_per_prompt or 4, limit=args.limit, progress=False)
+        print(format_table(result, f"ShapesEval, {pipe.name}, classifier guidance {scale:g} up to sigma {max_sigma:g}"))
+        out[scale] = result.overall
         if args.out:
-            out = Path(f"{args.out}-{scale:g}")
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(out / "results.json", json.loads(json.dumps(result.to_dict())))
-    return overall
+            folder = Path(f"{args.out}-{scale:g}")
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(folder / "results.json", json.loads(json.dumps(result.to_dict())))
+    return out
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ Lens-Turbo's targets: >= 4.5x the teacher's images/s, >= 8x where the teacher sa
 against 4).
 
 Each model's FLOPs per image are counted too (`lensgen.compute.flop_counter`: text encoding, one
-transformer pass, decoding, and the whole call). Their ratio is the speed-up on a device that runs every
+transformer pass, decoding, a classifier's guidance over the call where the model has one, and the whole
+call). Their ratio is the speed-up on a device that runs every
 FLOP at the same rate: the ceiling the measured ratio is read against. Text encoding and decoding are
 paid once per image by both models, so they cap the ratio below the ratio of transformer passes. A student
 may ship a lighter decoder for the same VAE (`lensgen train-vae --set teacher=...`); `--same-decoder` then
@@ -33,7 +34,10 @@ import time
 import torch
 
 from lensgen.compute import flop_counter
+from lensgen.flow.schedule import sampling_sigmas
+from lensgen.inference.classifier_guidance import NOTHING_ASKED, prompt_rubric
 from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, LensPipeline
+from lensgen.models.latent_classifier import guidance
 
 PROMPTS = ["a photo of a red circle", "a blue square above a yellow triangle", "three green stars",
            "a photo of a purple hexagon", "a white heart to the left of an orange circle",
@@ -74,7 +78,22 @@ def flops_per_image(pipe: LensPipeline, prompts: list[str], seed: int = 0) -> di
              "transformer_pass": _flops(lambda: pipe.transformer(tokens, features, sigma, grid, text.mask)),
              "decode": _flops(lambda: pipe.codec.decode(latents)),
              "call": _flops(lambda: pipe(prompts, seed=seed, output_type="pt"))}
+    parts["guidance"] = guidance_flops(pipe, prompts, tokens, grid)
     return {name: value / n / 1e9 for name, value in parts.items()}
+
+
+def guidance_flops(pipe: LensPipeline, prompts: list[str], tokens: torch.Tensor, grid: tuple[int, int]) -> int:
+    """FLOPs a call at the defaults spends on classifier guidance: one classifier forward and backward over the
+    batch at each sampling step at or below the cut-off (0 for a model without a classifier)."""
+    d = pipe.defaults
+    if pipe.classifier is None or not d.classifier_scale:
+        return 0
+    sigmas = sampling_sigmas(d.steps, grid[0] * grid[1], schedule=d.schedule)
+    active = int((sigmas[:-1] <= d.classifier_max_sigma).sum())
+    rubrics = [prompt_rubric(p) or NOTHING_ASKED for p in prompts]
+    sigma = torch.full((len(prompts),), d.classifier_max_sigma / 2, device=pipe.device)
+    return active * _flops(lambda: guidance(pipe.classifier, tokens, sigma, grid, rubrics, d.classifier_scale,
+                                            d.classifier_max_sigma))
 
 
 def compare(teacher_dir: str, student_dir: str, images: int, batch: int, rounds: int, seed: int = 0,
@@ -177,10 +196,11 @@ def main(argv: list[str] | None = None) -> dict:
         r = result[name]
         print(f"{name:23s} {r['steps']:5d} {r['cfg']:5.1f} {r['solver']:>6} {r['size']:>7} "
               f"{r['passes_per_image']:10.1f} {r['seconds']:8.2f} {r['images_per_s']:7.2f}")
-    print(f"{'GFLOP per image':23s} {'text':>6} {'1 pass':>7} {'decode':>7} {'call':>7}")
+    print(f"{'GFLOP per image':23s} {'text':>6} {'1 pass':>7} {'decode':>7} {'guide':>7} {'call':>7}")
     for name in names:
         g = result[name]["gflops_per_image"]
-        print(f"{name:23s} {g['text']:6.3f} {g['transformer_pass']:7.3f} {g['decode']:7.3f} {g['call']:7.3f}")
+        print(f"{name:23s} {g['text']:6.3f} {g['transformer_pass']:7.3f} {g['decode']:7.3f} {g['guidance']:7.3f} "
+              f"{g['call']:7.3f}")
     print(f"FLOP ratio (teacher / student per image): {result['flop_ratio']:.2f}x, the speed-up if every FLOP ran "
           f"at one rate")
     print(f"speed-up (student / teacher images/s, median of the rounds' ratios): {result['speedup']:.2f}x "

@@ -30,8 +30,10 @@ def test_demo_writes_grid_training_run_and_loss_plot(tmp_path, monkeypatch):
         assert text["model"] == str(out / "train" / "final") and text["prompt"] == prompt and text["size"] == size
     for png in (out / "images").glob("*.png"):
         text = Image.open(png).text
-        assert set(text) == {"prompt", "negative_prompt", "seed", "steps", "cfg", "size", "model"}, png
+        guided = {"classifier_scale"} if png.name[0].isdigit() else set()  # the default model's grid
+        assert set(text) == {"prompt", "negative_prompt", "seed", "steps", "cfg", "size", "model", *guided}, png
         assert int(text["steps"]) >= 1 and float(text["cfg"]) >= 0
+    assert "20 steps, CFG 1.0, classifier guidance 20;" in page
     # a second run starts a fresh curve instead of appending to the old one
     assert main(["demo", "--out", str(out), "--train-steps", "6"]) == 0
     assert len((out / "train" / "metrics.jsonl").read_text().splitlines()) == 6

@@ -28,12 +28,18 @@ LOSSES = ("dm_push", "ca_push", "isg", "gan_generator", "fake_score", "gan_discr
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
-    """A random one-block model of the shapes-tiny architecture sampling with CFG 2, as a pipeline folder."""
+    """A random one-block model of the shapes-tiny architecture sampling with CFG 2 and a random latent classifier's
+    guidance, as a pipeline folder."""
+    from lensgen.models.latent_classifier import LatentClassifier, LatentClassifierConfig
+
     torch.manual_seed(0)
     transformer = LensTransformer2DModel(replace(preset("shapes-tiny"), num_layers=2, num_attention_heads=1))
-    pipe = LensPipeline(transformer, build_codec({"backend": "flux2-vae"}), build_text_encoder({"backend": "minilm"}),
-                        PipelineDefaults(height=32, width=32, steps=6, cfg=2.0, max_side=128, schedule="train"),
-                        name="tiny teacher")
+    codec = build_codec({"backend": "flux2-vae"})
+    classifier = LatentClassifier(LatentClassifierConfig(channels=codec.token_channels, width=16, depth=2))
+    pipe = LensPipeline(transformer, codec, build_text_encoder({"backend": "minilm"}),
+                        PipelineDefaults(height=32, width=32, steps=6, cfg=2.0, max_side=128, schedule="train",
+                                         classifier_scale=5.0),
+                        name="tiny teacher", classifier=classifier)
     path = tmp_path_factory.mktemp("teacher") / "model"
     pipe.save_pretrained(path)
     return path
@@ -68,6 +74,7 @@ def test_every_term_trains_and_the_export_samples_with_the_turbo_preset(tmp_path
         assert all(key in m and m[key] == m[key] for m in metrics), key  # present and not NaN
     pipe = LensPipeline.from_pretrained(summary["export"])
     assert (pipe.defaults.steps, pipe.defaults.cfg, pipe.defaults.solver) == (2, 1.0, "euler")
+    assert pipe.classifier is None and pipe.defaults.classifier_scale == 0  # the teacher's is not carried over
     image = pipe("a red circle", seed=0)[0]
     assert image.size == (32, 32)
 
@@ -92,10 +99,13 @@ def test_turbo_speed_benchmark_counts_passes_at_each_models_defaults(tmp_path, t
     # the speed-up is the median of the rounds' paired ratios (the two models' calls alternate within a round)
     ratios = [t / s for t, s in zip(result["teacher"]["seconds_rounds"], result["student"]["seconds_rounds"])]
     assert len(ratios) == 3 and result["speedup"] == pytest.approx(sorted(ratios)[1])
-    for name in ("teacher", "student"):  # a call is its text encoding, its passes and its decoding, nothing else
+    # a call is its text encoding, its passes, its classifier guidance (the teacher's) and its decoding, nothing else
+    assert result["teacher"]["gflops_per_image"]["guidance"] > 0 == result["student"]["gflops_per_image"]["guidance"]
+    for name in ("teacher", "student"):
         g, passes = result[name]["gflops_per_image"], result[name]["passes_per_image"]
-        assert min(g.values()) > 0
-        assert g["call"] == pytest.approx(g["text"] + passes * g["transformer_pass"] + g["decode"], rel=1e-6)
+        assert min(g["text"], g["transformer_pass"], g["decode"]) > 0
+        assert g["call"] == pytest.approx(g["text"] + passes * g["transformer_pass"] + g["guidance"] + g["decode"],
+                                          rel=1e-6)
     assert result["flop_ratio"] == pytest.approx(result["teacher"]["gflops_per_image"]["call"]
                                                  / result["student"]["gflops_per_image"]["call"])
     assert "FLOP ratio (teacher / student per image)" in proc.stdout

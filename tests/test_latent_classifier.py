@@ -11,8 +11,7 @@ from torch.nn import functional as F
 from lensgen import cli
 from lensgen.errors import UserError
 from lensgen.inference.pipeline import StartingPoint, model_dir
-from lensgen.rl.classifier_train import train_classifier
-from lensgen.rl.latent_classifier import (
+from lensgen.models.latent_classifier import (
     MAX_COUNT,
     PAIRS,
     TRIPLES,
@@ -23,6 +22,7 @@ from lensgen.rl.latent_classifier import (
     rubric_log_prob,
     scene_targets,
 )
+from lensgen.rl.classifier_train import train_classifier
 from lensgen.shapes.scene import ObjectSpec, Scene
 from lensgen.shapes.vocab import SHAPES
 
@@ -117,53 +117,3 @@ def test_training_on_true_scenes_learns_and_the_command_writes_a_usable_folder(t
                                                                                  "0.9"}
     assert cli.main(["train-classifier", "--out", str(out), "--size", "60"]) == 2
     assert "multiple of 8" in capsys.readouterr().err
-
-
-def test_guidance_benchmark_at_scale_zero_is_the_model_as_it_samples(tmp_path, capsys):
-    """benchmarks/classifier_guidance.py: scale 0 gives the same ShapesEval scores as `evaluate` on the
-    pipeline itself (its own sampler reproduced), a positive scale other images, results for eval compare."""
-    import importlib.util
-    from pathlib import Path
-
-    from lensgen.eval.compare import load_scores
-    from lensgen.eval.shapes import evaluate, pipeline_generator
-    from lensgen.inference.pipeline import LensPipeline
-    from lensgen.shapes.evalset import load_prompts
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "classifier_guidance.py"
-    spec = importlib.util.spec_from_file_location("classifier_guidance", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    pipe = LensPipeline.from_pretrained("shapes-tiny", device="cpu")
-    _classifier(channels=pipe.codec.token_channels).save_pretrained(tmp_path / "clf")
-    bench.main(["shapes-tiny", str(tmp_path / "clf"), "--scales", "0", "1e4", "--limit", "1", "--n-per-prompt", "1",
-                "--threads", "1", "--out", str(tmp_path / "eval")])
-    assert "classifier guidance 10000 up to sigma 0.8" in capsys.readouterr().out
-    plain = evaluate(pipeline_generator(pipe, 64, 64, None, None), limit=1, n_per_prompt=1, progress=False)
-    assert load_scores(tmp_path / "eval-0") == {(s.task, s.id, s.seed): s.score for s in plain.samples}
-    unguided = bench.guided_generator(pipe, LatentClassifier.from_pretrained(tmp_path / "clf"), 0.0, 0.8, 64)
-    guided = bench.guided_generator(pipe, LatentClassifier.from_pretrained(tmp_path / "clf"), 1e4, 0.8, 64)
-    prompt = [load_prompts(["color_attr"], limit=1)[0].prompt]  # a held-out prompt: the benchmark knows its rubric
-    a, b = unguided(prompt, [0])[0], guided(prompt, [0])[0]
-    assert a.tobytes() != b.tobytes()
-
-
-def test_guidance_benchmark_reads_the_same_rubrics_from_the_prompt_words_with_counts_at_least():
-    """--rubrics text: every held-out prompt's rubric read from its words alone (no task label) asks the same
-    items and counts as its ShapesEval spec's; only the counting task's exact rule is not in the words."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "classifier_guidance.py"
-    spec = importlib.util.spec_from_file_location("classifier_guidance", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    task, text = bench.eval_rubrics("task"), bench.eval_rubrics("text")
-    assert task.keys() == text.keys() and len(task) > 100
-    exact = {p for p, r in task.items() if r["exact"]}
-    assert exact and not any(r["exact"] for r in text.values())
-    for prompt in task:
-        assert {**task[prompt], "exact": False} == text[prompt], prompt
-    assert all(r["exact"] for r in bench.eval_rubrics("text-exact").values())
-    with pytest.raises(SystemExit, match="expected one of task, text, text-exact"):
-        bench.eval_rubrics("words")

@@ -20,12 +20,12 @@ from lensgen.data.rl_prompts.records import write_rl_prompts
 from lensgen.errors import UserError
 from lensgen.flow.sampler import guided_velocity
 from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, LensPipeline, PipelineDefaults
+from lensgen.models.latent_classifier import LatentClassifier, LatentClassifierConfig, guidance
 from lensgen.models.text_encoder import build_text_encoder
 from lensgen.models.transformer import LensTransformer2DModel, preset
 from lensgen.models.vae import build_codec
 from lensgen.rl.batches import plan_jobs
 from lensgen.rl.config import load_rl_config
-from lensgen.rl.latent_classifier import LatentClassifier, LatentClassifierConfig, guidance
 from lensgen.rl.ptx import PretrainAnchor
 from lensgen.rl.rewards import RewardResult
 from lensgen.rl.trainer import NFTTrainer
@@ -92,6 +92,8 @@ def test_resume_replays_the_same_steps_and_exports_a_cfg_free_model(tmp_path, pr
     assert (tmp_path / "straight" / "reward.png").read_bytes()[:4] == b"\x89PNG"
     index = json.loads((tmp_path / "straight" / "final" / "model_index.json").read_text())["lensgen"]
     assert index["cfg"] == 1.0 and index["solver"] == "dpm2"
+    # the start's classifier is not carried into the export, nor its guidance default
+    assert index["classifier_scale"] == 0 and not (tmp_path / "straight" / "final" / "classifier").exists()
     out = tmp_path / "x.png"
     assert cli.main(["generate", "a red circle", "--model", str(tmp_path / "straight" / "final"), "--steps", "2",
                      "-o", str(out), "-q"]) == 0 and out.stat().st_size > 0

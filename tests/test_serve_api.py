@@ -55,7 +55,8 @@ def test_generation_returns_the_pipelines_images_with_their_settings(server, shi
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == "shapes-tiny" and body["size"] == "32x32" and len(body["data"]) == 2
-    assert body["lensgen"] | {"seconds": 0} == {"steps": 2, "cfg": 2.0, "seed": 7, "negative_prompt": "",
+    assert body["lensgen"] | {"seconds": 0} == {"steps": 2, "cfg": 2.0, "classifier_scale": 20.0, "seed": 7,
+                                                 "negative_prompt": "",
                                                  "reasoner": "none", "reasoner_fallback": None, "seconds": 0}
     want = shipped_pipeline(["a red circle"] * 2, height=32, width=32, steps=2, cfg=2.0, seed=[7, 8])
     for item, seed, expected in zip(body["data"], (7, 8), want):
@@ -63,6 +64,7 @@ def test_generation_returns_the_pipelines_images_with_their_settings(server, shi
         assert image.size == (32, 32) and item["seed"] == seed and item["revised_prompt"] == "a red circle"
         assert image.text["prompt"] == "a red circle" and image.text["seed"] == str(seed)
         assert image.text["steps"] == "2" and image.text["cfg"] == "2.0" and image.text["size"] == "32x32"
+        assert image.text["classifier_scale"] == "20.0"  # the shipped model's default guidance
         diff = np.abs(np.asarray(image.convert("RGB"), float) - np.asarray(expected, float))
         assert diff.max() <= 2  # the same image as the pipeline's (within float reordering in a batch)
 
@@ -98,6 +100,9 @@ BAD = [
     ({"prompt": "x", "steps": 2.5}, 400, "steps", "whole number"),
     ({"prompt": "x", "cfg": -1}, 400, "cfg", "from 0 to 20"),
     ('{"prompt": "x", "cfg": NaN}', 400, "cfg", "from 0 to 20"),
+    ({"prompt": "x", "classifier_scale": -1}, 400, "classifier_scale", "from 0 to 1000"),
+    ('{"prompt": "x", "classifier_scale": Infinity}', 400, "classifier_scale", "from 0 to 1000"),
+    ({"prompt": "x", "classifier_scale": True}, 400, "classifier_scale", "from 0 to 1000"),
     ({"prompt": "x", "seed": -3}, 400, "seed", "from 0 to"),
     ({"prompt": "x", "response_format": "url"}, 400, "response_format", "only b64_json"),
     ({"prompt": "x", "model": "dall-e-3"}, 400, "model", "available: shapes-tiny"),
@@ -199,7 +204,8 @@ def test_models_health_and_page(server):
     models = requests.get(f"{server}/v1/models", timeout=10).json()
     assert models["object"] == "list" and models["reasoners"] == ["none", "shapes"]
     assert models["data"][0]["lensgen"] | {"description": ""} == {
-        "default_size": "64x64", "size_multiple": 8, "max_side": 224, "steps": 20, "cfg": 1.0, "description": ""}
+        "default_size": "64x64", "size_multiple": 8, "max_side": 224, "steps": 20, "cfg": 1.0, "classifier_scale": 20.0,
+        "classifier": True, "description": ""}
     assert requests.get(f"{server}/healthz", timeout=10).json()["status"] == "ok"
     page = requests.get(f"{server}/", timeout=10)
     assert page.status_code == 200 and "default-src 'self'" in page.headers["Content-Security-Policy"]

@@ -76,13 +76,14 @@ def sample_cards(pipe, model: str, prompts: list[tuple[str, str]], out: Path, pr
     from lensgen.sizes import parse_size
 
     steps, cfg = pipe.defaults.sampling(None, None)
+    guidance = {"classifier_scale": pipe.defaults.classifier_scale} if pipe.classifier is not None else {}
     cards = []
     for i, (prompt, size) in enumerate(prompts):
         height, width = parse_size(size)
         image = pipe(prompt, height=height, width=width, steps=steps, cfg=cfg, seed=i, progress=False)[0]
         name = f"images/{prefix}{i:02d}.png"
         save_png(out / name, image, png_metadata(prompt=prompt, negative_prompt="", seed=i, steps=steps, cfg=cfg,
-                                                 height=height, width=width, model=model))
+                                                 height=height, width=width, model=model, **guidance))
         cards.append(f'<figure><img src="{name}" width="{width * 3}" height="{height * 3}">'
                      f"<figcaption>{html.escape(prompt)}<br><small>{size}, seed {i}</small></figcaption></figure>")
         print(f"[{i + 1}/{len(prompts)}] {prompt} ({size})")
@@ -100,8 +101,15 @@ def trained_model_html(out: Path, export: Path) -> str:
     print(f"sampling {len(prompts)} images from the model just trained ({export}) ...")
     cards = sample_cards(pipe, str(export), prompts, out, prefix="train-")
     return (f"<h3>Samples from the model just trained</h3><p>Model: <code>train/final</code> "
-            f"({html.escape(pipe.name)}); {pipe.defaults.steps} steps, CFG {pipe.defaults.cfg}; the first "
+            f"({html.escape(pipe.name)}); {sampling(pipe)}; the first "
             f"{len(prompts)} prompts and seeds of the grid above, to compare.</p>{''.join(cards)}")
+
+
+def sampling(pipe) -> str:
+    """How a pipeline samples at its defaults, for the page: steps, CFG and any classifier guidance."""
+    d = pipe.defaults
+    guided = f", classifier guidance {d.classifier_scale:g}" if pipe.classifier is not None and d.classifier_scale else ""
+    return f"{d.steps} steps, CFG {d.cfg}{guided}"
 
 
 TURBO_MODEL = "shapes-tiny-turbo"  # the shipped 4-step student, shown beside the grid when the package has it
@@ -124,7 +132,7 @@ def beside_html(out: Path, other: str, base_pipe, base_seconds: float, prefix: s
 
     speed = base_seconds / max(seconds, 1e-9)
     ratio = f"<b>{speed:.1f}x</b> faster" if speed >= 1 else f"<b>{1 / speed:.1f}x</b> slower"
-    return (f"<p>Model: {html.escape(pipe.name)}; {pipe.defaults.steps} steps, CFG {pipe.defaults.cfg} "
+    return (f"<p>Model: {html.escape(pipe.name)}; {sampling(pipe)} "
             f"({passes(pipe)} transformer passes per image against the grid's {passes(base_pipe)}). The same "
             f"prompts and seeds in {seconds:.1f} s against {base_seconds:.1f} s: {ratio} on this "
             f"machine.</p>{''.join(cards)}")
@@ -174,7 +182,7 @@ def run_demo(out: Path, model: str | None, train_steps: int, turbo: str | None =
 figure img{{image-rendering:pixelated;border:1px solid #ccc}} figcaption{{max-width:300px}}</style>
 <h1>lensgen demo</h1>
 <h2>Generations</h2>
-<p>Model: {html.escape(pipe.name)}; {pipe.defaults.steps} steps, CFG {pipe.defaults.cfg}; eight prompts across
+<p>Model: {html.escape(pipe.name)}; {sampling(pipe)}; eight prompts across
 aspect ratios, generated in {grid_s:.1f} s on this machine.</p>
 {"".join(cards)}
 <h2>Before RL: the same grid from the pretrained model</h2>

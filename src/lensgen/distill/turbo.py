@@ -381,7 +381,8 @@ class TurboTrainer:
 
     def pipeline(self, model: LensTransformer2DModel) -> LensPipeline:
         defaults = PipelineDefaults(**{**self.teacher_defaults.__dict__, "cfg": 1.0, "solver": "euler",
-                                       "steps": self.cfg.turbo.steps})
+                                       "steps": self.cfg.turbo.steps,
+                                       "classifier_scale": 0.0})  # the start's classifier/ is not carried over
         return LensPipeline(model, self.codec, self.text_encoder, defaults,
                             name=f"{self.teacher_name} Turbo ({self.cfg.turbo.steps} steps, distill step {self.step})")
 

@@ -40,6 +40,9 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     e.add_argument("--size", default=None, help="WxH (default: the model's default size; 64x64 otherwise)")
     e.add_argument("--steps", type=int, default=None, help="sampling steps (model only; default: the model's)")
     e.add_argument("--cfg", type=float, default=None, help="CFG scale (model only; default: the model's)")
+    e.add_argument("--classifier-scale", type=float, default=None,
+                   help="classifier guidance toward each prompt's words (a model with a classifier/; default: the "
+                        "model's; 0 = off)")
     e.add_argument("--reasoner", choices=("none", "shapes", "llm"), default="none",
                    help="with --model: rewrite each prompt first (shapes: the offline Shapes planner; llm: an "
                         "OpenAI-compatible endpoint from LENSGEN_REASONER_BASE_URL / LENSGEN_REASONER_MODEL); "
@@ -83,16 +86,17 @@ class ImageKeeper:
     """Writes each scored image as soon as it is scored (memory stays flat over a long run), with the PNG text
     `lensgen generate` writes plus the task, prompt id, score and the judge's reason."""
 
-    def __init__(self, folder: Path, height: int, width: int, model: str, steps: int | None, cfg: float | None):
+    def __init__(self, folder: Path, height: int, width: int, model: str, steps: int | None, cfg: float | None,
+                 classifier_scale: float | None = None):
         self.folder, self.height, self.width = folder, height, width
-        self.model, self.steps, self.cfg = model, steps, cfg
+        self.model, self.steps, self.cfg, self.classifier_scale = model, steps, cfg, classifier_scale
 
     def __call__(self, sample: SampleResult, image: Image.Image) -> None:
         from lensgen.inference.generate import png_metadata, save_png
 
         info = png_metadata(prompt=sample.prompt, seed=sample.seed, height=self.height, width=self.width,
-                            model=self.model, steps=self.steps, cfg=self.cfg, task=sample.task, id=sample.id,
-                            score=sample.score, reason=sample.reason)
+                            model=self.model, steps=self.steps, cfg=self.cfg, classifier_scale=self.classifier_scale,
+                            task=sample.task, id=sample.id, score=sample.score, reason=sample.reason)
         save_png(self.folder / image_file(sample), image, info)
 
     def write_index(self, result: ShapesEvalResult) -> Path:
@@ -121,12 +125,15 @@ def _check_args(args) -> None:
     if args.out:
         check_writable(Path(args.out) / "results.json")
     if args.model:
-        from lensgen.inference.pipeline import read_defaults
+        from lensgen.inference.pipeline import classifier_scale_for, read_defaults
         from lensgen.sizes import parse_size
 
         defaults = read_defaults(args.model)
         defaults.resolve_size(*(parse_size(args.size) if args.size else (None, None)))
         defaults.sampling(args.steps, args.cfg, "--steps", "--cfg")
+        classifier_scale_for(args.model, args.classifier_scale)
+    elif args.classifier_scale is not None:
+        raise UserError("--classifier-scale goes with --model")
 
 
 def _eval_shapes(args) -> int:
@@ -141,7 +148,7 @@ def _eval_shapes(args) -> int:
     _check_args(args)
     specs = load_prompts(tasks, limit=args.limit)
     size = parse_size(args.size) if args.size else None
-    steps, cfg = args.steps, args.cfg
+    steps, cfg, classifier_scale = args.steps, args.cfg, None
     if args.codec and not args.ground_truth:
         raise UserError("--codec goes with --ground-truth (a model folder brings its own codec)")
     if args.model:
@@ -150,9 +157,12 @@ def _eval_shapes(args) -> int:
         pipe = LensPipeline.from_pretrained(args.model)
         h, w = size or (pipe.default_height, pipe.default_width)
         steps, cfg = pipe.defaults.sampling(steps, cfg)  # what it samples with, so the results say it
-        generate, source = se.pipeline_generator(pipe, h, w, steps, cfg), f"model {args.model}"
-        model = args.model
-        source += f", {steps} steps, CFG {cfg:g}"
+        if pipe.classifier is not None:
+            classifier_scale = pipe.defaults.guidance_scale(args.classifier_scale, "--classifier-scale")
+        generate = se.pipeline_generator(pipe, h, w, steps, cfg, classifier_scale)
+        model, source = args.model, f"model {args.model}, {steps} steps, CFG {cfg:g}"
+        if classifier_scale:
+            source += f", classifier guidance {classifier_scale:g}"
         if args.reasoner != "none":
             from lensgen.reasoner import make_reasoner
 
@@ -174,10 +184,12 @@ def _eval_shapes(args) -> int:
         else:
             generate, source, model = se.noise_generator(h, w), "noise (floor)", "noise"
     sampled = (steps, cfg) if args.model else (None, None)  # ground truth and noise have no sampler settings
-    keeper = ImageKeeper(Path(args.out) / "images", h, w, model, *sampled) if args.save_images else None
+    keeper = ImageKeeper(Path(args.out) / "images", h, w, model, *sampled, classifier_scale) \
+        if args.save_images else None
     result = se.evaluate(generate, n_per_prompt=args.n_per_prompt, batch_size=args.batch_size, seed=args.seed,
                          prompts=specs, progress=not args.no_progress, on_image=keeper)
-    result.extra = {"source": source, "height": h, "width": w, "steps": steps, "cfg": cfg, "reasoner": args.reasoner}
+    result.extra = {"source": source, "height": h, "width": w, "steps": steps, "cfg": cfg,
+                    "classifier_scale": classifier_scale, "reasoner": args.reasoner}
     table = se.format_table(result, f"ShapesEval, {source}, {w}x{h}, {args.n_per_prompt} per prompt")
     print(table)
     if args.out:

@@ -224,13 +224,16 @@ def reasoned_generator(generate: Generate, reasoner: Callable[..., list[str]], a
     return generate_rewritten
 
 
-def pipeline_generator(pipe, height: int, width: int, steps: int | None, cfg: float | None) -> Generate:
-    """Wrap a LensPipeline (or anything with its call signature) as the batched protocol."""
+def pipeline_generator(pipe, height: int, width: int, steps: int | None, cfg: float | None,
+                       classifier_scale: float | None = None) -> Generate:
+    """Wrap a LensPipeline (or anything with its call signature) as the batched protocol; None: its default."""
     kwargs = {"height": height, "width": width}
     if steps is not None:
         kwargs["steps"] = steps
     if cfg is not None:
         kwargs["cfg"] = cfg
+    if classifier_scale is not None:
+        kwargs["classifier_scale"] = classifier_scale
 
     def generate(prompts: list[str], seeds: list[int]) -> list[Image.Image]:
         return pipe(list(prompts), seed=list(seeds), **kwargs)

@@ -168,6 +168,7 @@ class Request:
     total: int
     image: Image.Image | None = None  # image-to-image's starting image (--image)
     strength: float | None = None  # and its starting noise level (--strength, or the pipeline's default)
+    classifier_scale: float | None = None  # classifier guidance (None: the model has no classifier)
 
 
 def read_start_image(path: str | Path) -> Image.Image:
@@ -199,6 +200,7 @@ def check_request(args: argparse.Namespace) -> Request:
         DEFAULT_STRENGTH,
         check_device,
         check_strength,
+        classifier_scale_for,
         read_defaults,
     )
     from lensgen.io import check_writable
@@ -218,6 +220,7 @@ def check_request(args: argparse.Namespace) -> Request:
     defaults = read_defaults(args.model or DEFAULT_MODEL_DIR)
     height, width = defaults.resolve_size(*(parse_size(args.size) if args.size else (None, None)))
     steps, cfg = defaults.sampling(args.steps, args.cfg, "--steps", "--cfg")
+    classifier_scale = classifier_scale_for(args.model or DEFAULT_MODEL_DIR, args.classifier_scale)
     image, strength = None, args.strength
     if args.image is None and strength is not None:
         raise UserError("--strength is image-to-image's starting noise level: give --image FILE with it")
@@ -231,7 +234,7 @@ def check_request(args: argparse.Namespace) -> Request:
             except UserError as err:
                 raise UserError(f"--image {args.image} is {image.width}x{image.height}, which this model cannot "
                                 f"sample ({err}); give --size WxH to resize it") from None
-    return Request(prompts, height, width, steps, cfg, total, image, strength)
+    return Request(prompts, height, width, steps, cfg, total, image, strength, classifier_scale)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -241,18 +244,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model, args.device)
     out, model = Path(args.output), args.model or pipe.name
     jobs = iter_jobs(req.prompts, args.num, args.seed, args.negative_prompt)
-    start = {"image": args.image, "strength": req.strength} if req.image is not None else {}
+    extra = {"image": args.image, "strength": req.strength} if req.image is not None else {}
+    if req.classifier_scale is not None:
+        extra["classifier_scale"] = req.classifier_scale
     with tqdm(total=req.total, desc="generate", unit="img", disable=args.quiet, file=sys.stderr) as bar:
         for batch in batched(jobs, args.batch_size):
             images = pipe([j.prompt for j in batch], height=req.height, width=req.width, steps=req.steps,
                           cfg=req.cfg, seed=[j.seed for j in batch],
                           negative_prompt=[j.negative_prompt for j in batch], progress=False,
-                          image=req.image, strength=req.strength)
+                          image=req.image, strength=req.strength, classifier_scale=req.classifier_scale)
             for job, image in zip(batch, images):
                 path = output_path(out, job.index, req.total)
                 save_png(path, image, png_metadata(prompt=job.prompt, negative_prompt=job.negative_prompt,
                                                    seed=job.seed, steps=req.steps, cfg=req.cfg, height=req.height,
-                                                   width=req.width, model=model, **start))
+                                                   width=req.width, model=model, **extra))
                 bar.write(str(path), file=sys.stdout)
             bar.update(len(batch))
     return 0
@@ -277,8 +282,11 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                                   "(default: the model's, e.g. 64x64 for Shapes, 1024x1024 for Lens)")
     p.add_argument("--steps", type=int, help="sampling steps, at least 1 (default: the model's, 20 for Lens)")
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale, a finite number >= 0 (default: "
-                                             "the model's, 5.0 for Lens, 3.0 for the shipped Shapes model; "
-                                             "1 = no guidance pass)")
+                                             "the model's: 5.0 for Lens, 1 for the shipped shapes-tiny and its "
+                                             "Turbo, 3.0 for shapes-tiny-base; 1 = no guidance pass)")
+    p.add_argument("--classifier-scale", type=float, default=None,
+                   help="classifier guidance toward what a Shapes prompt asks, for models with a classifier/ "
+                        "(the shipped shapes-tiny): a finite number >= 0, 0 = off (default: the model's)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed: image i uses seed + i (a prompts-file line with its own \"seed\" s uses "
                         "s, s + 1, ... for its --num images)")

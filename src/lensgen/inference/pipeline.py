@@ -10,6 +10,8 @@ A pipeline folder (diffusers-style):
     transformer/         config.json + diffusion_pytorch_model.safetensors
     vae/                 the latent codec (a FLUX.2-class VAE folder, or a pixel codec's config)
     text_encoder/        the frozen text encoder's config (and weights location)
+    classifier/          optional: a latent classifier whose guidance steers sampling toward what a Shapes
+                         prompt asks (`classifier_guidance.py`; lensgen.classifier_scale turns it on)
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ from lensgen.errors import LensgenWarning, UserError
 from lensgen.flow.sampler import SOLVERS, cfg_velocity_fn, sample
 from lensgen.flow.schedule import sampling_sigmas, schedule_mu
 from lensgen.images import image_to_tensor, to_pil
+from lensgen.inference.classifier_guidance import (
+    CLASSIFIER_FOLDER,
+    check_classifier_scale,
+    check_max_sigma,
+    guided_velocity_fn,
+)
+from lensgen.models.latent_classifier import LatentClassifier
 from lensgen.models.text_encoder import TextEncoder, TextFeatures
 from lensgen.models.transformer import LensTransformer2DModel
 from lensgen.models.vae import LatentCodec
@@ -107,6 +116,9 @@ class PipelineDefaults:
     # image pixels per token side (the codec's spatial_factor): sizes are checked with it before the weights
     # load. None in folders saved before it was stored; the pipeline then takes it from its codec.
     size_multiple: int | None = None
+    # classifier guidance (a folder with classifier/ only): its scale (0 = off) and the noise level it starts at
+    classifier_scale: float = 0.0
+    classifier_max_sigma: float = 0.8
 
     def sampling(self, steps: int | None, cfg: float | None, steps_name: str = "steps",
                  cfg_name: str = "cfg") -> tuple[int, float]:
@@ -116,6 +128,12 @@ class PipelineDefaults:
         cfg = self.cfg if cfg is None else cfg
         check_sampling(steps, cfg, steps_name, cfg_name)
         return steps, cfg
+
+    def guidance_scale(self, scale: float | None, name: str = "classifier_scale") -> float:
+        """The classifier guidance scale a call samples with: the one given (0 turns it off), else the default."""
+        scale = self.classifier_scale if scale is None else scale
+        check_classifier_scale(scale, name)
+        return float(scale)
 
     def resolve_size(self, height: int | None, width: int | None, multiple: int | None = None) -> tuple[int, int]:
         """The (height, width) a call samples at: the ones given (0 is refused, not defaulted), else these
@@ -139,6 +157,8 @@ class PipelineDefaults:
             raise UserError(f"{MODEL_INDEX}: lensgen.solver must be one of {', '.join(SOLVERS)}, got "
                             f"{defaults.solver!r}")
         check_sampling(defaults.steps, defaults.cfg, f"{MODEL_INDEX}: lensgen.steps", f"{MODEL_INDEX}: lensgen.cfg")
+        check_classifier_scale(defaults.classifier_scale, f"{MODEL_INDEX}: lensgen.classifier_scale")
+        check_max_sigma(defaults.classifier_max_sigma, f"{MODEL_INDEX}: lensgen.classifier_max_sigma")
         m = defaults.size_multiple
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
             raise UserError(f"{MODEL_INDEX}: lensgen.size_multiple must be a positive whole number (pixels per "
@@ -163,7 +183,7 @@ def read_model_index(directory: str | os.PathLike) -> dict:
         raise UserError(f"malformed {index_path}: {err}") from None
     if not isinstance(index, dict) or not isinstance(index.get("lensgen", {}), dict):
         raise UserError(f"malformed {index_path}: expected an object with a \"lensgen\" object")
-    for part in ("transformer", "vae", "text_encoder"):
+    for part in ("transformer", "vae", "text_encoder", *([CLASSIFIER_FOLDER] if CLASSIFIER_FOLDER in index else [])):
         if not (directory / part).is_dir():
             raise UserError(f"model folder {directory} has no {part}/ sub-folder")
     return index
@@ -172,6 +192,20 @@ def read_model_index(directory: str | os.PathLike) -> dict:
 def read_defaults(directory: str | os.PathLike) -> PipelineDefaults:
     """The sampling defaults and size rules of a model folder, without loading its weights."""
     return PipelineDefaults.from_dict(read_model_index(directory).get("lensgen", {}))
+
+
+def classifier_scale_for(directory: str | os.PathLike, scale: float | None,
+                         name: str = "--classifier-scale") -> float | None:
+    """The classifier guidance scale a command samples a model folder with (the one given, else the folder's
+    default), checked without loading weights; None for a folder without a classifier, when none is asked."""
+    directory = model_dir(directory)
+    scale = read_defaults(directory).guidance_scale(scale, name)
+    if (directory / CLASSIFIER_FOLDER).is_dir():
+        return scale
+    if scale > 0:
+        raise UserError(f"{name} {scale:g}: {directory} has no classifier ({CLASSIFIER_FOLDER}/) to guide with; "
+                        f"the shipped shapes-tiny has one")
+    return None
 
 
 def check_codec(directory: Path, defaults: PipelineDefaults, codec: LatentCodec) -> None:
@@ -215,10 +249,12 @@ class LensPipeline:
         text_encoder: TextEncoder,
         defaults: PipelineDefaults | None = None,
         name: str = "lens",
+        classifier: LatentClassifier | None = None,
     ):
         self.transformer = transformer.eval()
         self.codec = codec
         self.text_encoder = text_encoder
+        self.classifier = classifier.eval().requires_grad_(False) if classifier is not None else None
         defaults = defaults or PipelineDefaults()
         if defaults.size_multiple is None:
             defaults = replace(defaults, size_multiple=codec.spatial_factor)
@@ -234,6 +270,12 @@ class LensPipeline:
         if (text_encoder.num_layers, text_encoder.hidden_size) != (cfg.num_text_layers, cfg.enc_hidden_dim):
             raise UserError(f"text encoder gives {text_encoder.num_layers} layers x {text_encoder.hidden_size} "
                             f"but the transformer expects {cfg.num_text_layers} x {cfg.enc_hidden_dim}")
+        if classifier is None and defaults.classifier_scale > 0:
+            raise UserError(f"{name}: classifier_scale {defaults.classifier_scale:g} by default, but the pipeline has "
+                            f"no classifier (a folder's {CLASSIFIER_FOLDER}/)")
+        if classifier is not None and classifier.config.channels != codec.token_channels:
+            raise UserError(f"the classifier reads {classifier.config.channels}-channel tokens but the codec gives "
+                            f"{codec.token_channels}")
 
     @property
     def default_height(self) -> int:
@@ -265,22 +307,32 @@ class LensPipeline:
         check_codec(directory, defaults, codec)  # before the big parts load
         transformer = LensTransformer2DModel.from_pretrained(directory / "transformer", device=device, dtype=dtype)
         text_encoder = TextEncoder.from_pretrained(directory / "text_encoder", device=device, dtype=dtype)
-        return cls(transformer, codec, text_encoder, defaults, name=index.get("name", directory.name))
+        # small and differentiated through at every step: kept in fp32 whatever the transformer's dtype
+        classifier = LatentClassifier.from_pretrained(directory / CLASSIFIER_FOLDER, device=dev or "cpu") \
+            if (directory / CLASSIFIER_FOLDER).is_dir() else None
+        return cls(transformer, codec, text_encoder, defaults, name=index.get("name", directory.name),
+                   classifier=classifier)
 
     def save_pretrained(self, directory: str | os.PathLike, storage: str = "fp32") -> None:
-        """The folder `from_pretrained` reads; `storage` is the transformer's weight format (fp32, bf16, int8, int4)."""
+        """The folder `from_pretrained` reads; `storage` is the transformer's weight format (fp32, bf16, int8,
+        int4). A classifier is stored in fp16 (its guidance is a gradient direction; half the bytes)."""
         from lensgen.io import atomic_write_json
 
         directory = Path(directory)
         self.transformer.save_pretrained(directory / "transformer", storage=storage)
         self.codec.save_pretrained(directory / "vae")
         self.text_encoder.save_pretrained(directory / "text_encoder")
+        classifier = {}
+        if self.classifier is not None:
+            self.classifier.save_pretrained(directory / CLASSIFIER_FOLDER, dtype=torch.float16)
+            classifier = {CLASSIFIER_FOLDER: ["lensgen", type(self.classifier).__name__]}
         atomic_write_json(directory / MODEL_INDEX, {
             "_class_name": "LensPipeline",
             "name": self.name,
             "transformer": ["lensgen", "LensTransformer2DModel"],
             "vae": ["lensgen", type(self.codec).__name__],
             "text_encoder": ["lensgen", type(self.text_encoder).__name__],
+            **classifier,
             # the codec decides the size rule; stored so a command can check sizes before loading weights
             "lensgen": asdict(replace(self.defaults, size_multiple=self.codec.spatial_factor)),
         })
@@ -290,6 +342,8 @@ class LensPipeline:
         self.transformer.to(device)
         self.codec.to(device)
         self.text_encoder.to(device)
+        if self.classifier is not None:
+            self.classifier.to(device)
         return self
 
     # ---- generation ---------------------------------------------------------------------------
@@ -344,12 +398,15 @@ class LensPipeline:
         reasoner: Callable[..., list[str]] | None = None,
         image: Image.Image | list[Image.Image] | None = None,
         strength: float = DEFAULT_STRENGTH,
+        classifier_scale: float | None = None,
     ) -> list[Image.Image] | torch.Tensor:
         """reasoner: rewrites the prompts before encoding, called as reasoner(prompts, aspect=width / height,
         seeds=seeds) -> list[str] (a `lensgen.reasoner` backend, or any callable of that form).
         image: image-to-image (one image for every prompt, or one per prompt), each resized to the sampling
         size; its tokens are noised to the first of the schedule's levels at or below `strength` and the
         solver runs from there: 1 ignores the image, near 0 keeps it (at least the last step still runs).
+        classifier_scale: the classifier's guidance toward what each prompt asks (a folder with classifier/;
+        default: its lensgen.classifier_scale; 0 turns it off).
         output_type: "pil" (images), "pt" ((B, 3, H, W) in [-1, 1]) or "latent" (the sampled (B, C, H/f, W/f)
         tokens before decoding, in the codec's normalised space; `codec.decode` turns them into images)."""
         if output_type not in ("pil", "pt", "latent"):
@@ -359,6 +416,10 @@ class LensPipeline:
             raise UserError("no prompt given")
         height, width = self.defaults.resolve_size(height, width, multiple=self.codec.spatial_factor)
         steps, cfg = self.defaults.sampling(steps, cfg)
+        classifier_scale = self.defaults.guidance_scale(classifier_scale)
+        if classifier_scale > 0 and self.classifier is None:
+            raise UserError(f"classifier_scale {classifier_scale:g}: {self.name} has no classifier ({CLASSIFIER_FOLDER}/ "
+                            "in its folder) to guide with")
         seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
         if len(seeds) != len(prompts):
             raise UserError(f"{len(seeds)} seeds for {len(prompts)} prompts")
@@ -370,6 +431,7 @@ class LensPipeline:
             if len(starts) != len(prompts) or not all(isinstance(im, Image.Image) for im in starts):
                 raise UserError(f"image must be one PIL image or one per prompt ({len(prompts)}), got "
                                 f"{len(starts)} item(s)")
+        asked = prompts
         if reasoner is not None:
             prompts = list(reasoner(prompts, aspect=width / height, seeds=seeds))
 
@@ -383,6 +445,9 @@ class LensPipeline:
             return self.transformer(x, features, sigma, grid, mask).float()
 
         velocity_fn = cfg_velocity_fn(model_fn, cfg) if guided else model_fn
+        if classifier_scale > 0:
+            velocity_fn = guided_velocity_fn(velocity_fn, self.classifier, grid, prompts, classifier_scale,
+                                             self.defaults.classifier_max_sigma, fallback_prompts=asked)
         noise = self.initial_noise(seeds, height, width)
         sigmas = sampling_sigmas(steps, grid[0] * grid[1], schedule=self.defaults.schedule)
         if image is not None:
@@ -401,5 +466,5 @@ class LensPipeline:
 
 
 __all__ = ["DEFAULT_MODEL_DIR", "DEFAULT_STRENGTH", "LensPipeline", "PipelineDefaults", "check_device",
-           "check_sampling", "check_strength", "model_dir", "StartingPoint", "check_codec", "read_defaults",
+           "check_sampling", "check_strength", "classifier_scale_for", "model_dir", "StartingPoint", "check_codec", "read_defaults",
            "read_model_index", "shipped_models"]

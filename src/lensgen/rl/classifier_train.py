@@ -1,4 +1,4 @@
-"""`lensgen train-classifier`: the latent classifier (`latent_classifier.py`) trained on true Shapes scenes.
+"""`lensgen train-classifier`: the latent classifier (`models/latent_classifier.py`) trained on true Shapes scenes.
 
 Scenes come from the training split only (the held-out pairs, positions and words are never drawn), are
 rendered at one square size, encoded once by the model's codec, and noised afresh at every step at σ drawn
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lensgen.rl.latent_classifier import (
+from lensgen.models.latent_classifier import (
     LatentClassifier,
     LatentClassifierConfig,
     SceneTargets,

@@ -76,7 +76,7 @@ class RLOptimConfig:
     # sampler's CFG), which distils guidance into the CFG-free policy; 1: the conditional velocity (one pass)
     kl_guidance: float = 1.0
     # a `lensgen train-classifier` folder: the KL pull aims at the reference's velocity plus that latent
-    # classifier's guidance toward what each prompt's rubric asks (rl/latent_classifier.py); empty: none
+    # classifier's guidance toward what each prompt's rubric asks (models/latent_classifier.py); empty: none
     kl_classifier: str = ""
     kl_classifier_scale: float = 30.0  # the guidance scale
     kl_classifier_max_sigma: float = 0.8  # guide only at noise levels up to this one

@@ -30,11 +30,11 @@ from lensgen.flow.schedule import sampling_sigmas
 from lensgen.images import to_pil
 from lensgen.inference.pipeline import LensPipeline, PipelineDefaults, StartingPoint, model_dir
 from lensgen.io import atomic_write_bytes, atomic_write_json
+from lensgen.models.latent_classifier import LatentClassifier, guidance
 from lensgen.models.transformer import LensTransformer2DModel
 from lensgen.rl import nft
 from lensgen.rl.batches import Job, PromptSampler, by_bucket, noise_seed, plan_jobs, rank_jobs
 from lensgen.rl.config import RLConfig, rl_config_to_dict
-from lensgen.rl.latent_classifier import LatentClassifier, guidance
 from lensgen.rl.policy import PolicyModels
 from lensgen.rl.ptx import PretrainAnchor
 from lensgen.rl.report import reward_plot_png
@@ -415,7 +415,8 @@ class NFTTrainer:
 
     def pipeline(self, model: LensTransformer2DModel) -> LensPipeline:
         defaults = PipelineDefaults(**{**self.base_defaults.__dict__, "cfg": 1.0, "solver": self.cfg.sample.solver,
-                                       "steps": self.cfg.checkpoint.export_steps})
+                                       "steps": self.cfg.checkpoint.export_steps,
+                                       "classifier_scale": 0.0})  # the start's classifier/ is not carried over
         return LensPipeline(model, self.codec, self.text_encoder, defaults,
                             name=f"{self.base_name} + NFT step {self.step}")
 

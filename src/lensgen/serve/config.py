@@ -19,6 +19,7 @@ class ServeConfig(Validated):
     max_prompt_chars: int = 2000
     max_steps: int = 100
     max_cfg: float = 20.0
+    max_classifier_scale: float = 1000.0
     max_body_bytes: int = 65536
     reasoner: str = "none"  # the default when a request names none: none | shapes | llm
     api_key_env: str | None = None  # the variable holding the key clients must send as Bearer; None: open
@@ -32,6 +33,7 @@ class ServeConfig(Validated):
             (self.timeout_s > 0, "timeout_s", "a positive number of seconds"),
             (self.max_prompt_chars >= 1 and self.max_steps >= 1 and self.max_cfg >= 1,
              "max_prompt_chars/max_steps/max_cfg", ">= 1"),
+            (self.max_classifier_scale >= 0, "max_classifier_scale", ">= 0"),
             (self.max_body_bytes >= 1024, "max_body_bytes", ">= 1024"),
             (self.reasoner in ("none", "shapes", "llm"), "reasoner", "none, shapes or llm"),
         ]

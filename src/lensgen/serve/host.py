@@ -52,17 +52,22 @@ class ModelHost:
         """What a client (the page) needs to offer this model's choices."""
         d = self.pipelines[name].defaults
         return {"default_size": f"{d.width}x{d.height}", "size_multiple": d.size_multiple, "max_side": d.max_side,
-                "steps": d.steps, "cfg": d.cfg, "description": self.pipelines[name].name}
+                "steps": d.steps, "cfg": d.cfg, "classifier_scale": d.classifier_scale,
+                "classifier": self.pipelines[name].classifier is not None, "description": self.pipelines[name].name}
 
     def run(self, key: tuple, jobs: list[ImageJob]) -> list[bytes]:
-        """One sampler call for jobs sharing `key` = (model, height, width, steps, cfg): PNG bytes in order."""
-        model, height, width, steps, cfg = key
-        images = self.pipelines[model]([j.model_prompt for j in jobs], height=height, width=width, steps=steps,
-                                        cfg=cfg, seed=[j.seed for j in jobs],
-                                        negative_prompt=[j.negative_prompt for j in jobs])
+        """One sampler call for jobs sharing `key` = (model, height, width, steps, cfg, classifier_scale): PNG bytes
+        in order."""
+        model, height, width, steps, cfg, classifier_scale = key
+        pipe = self.pipelines[model]
+        images = pipe([j.model_prompt for j in jobs], height=height, width=width, steps=steps, cfg=cfg,
+                      seed=[j.seed for j in jobs], negative_prompt=[j.negative_prompt for j in jobs],
+                      classifier_scale=classifier_scale)
         out = []
         for job, image in zip(jobs, images):
             extra = {"revised_prompt": job.model_prompt} if job.model_prompt != job.prompt else {}
+            if pipe.classifier is not None:
+                extra["classifier_scale"] = classifier_scale
             info = png_metadata(prompt=job.prompt, negative_prompt=job.negative_prompt, seed=job.seed, steps=steps,
                                 cfg=cfg, height=height, width=width, model=model, **extra)
             buf = io.BytesIO()

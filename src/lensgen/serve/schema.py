@@ -1,7 +1,7 @@
 """A generation request, checked field by field: every refusal names the field and says what is allowed.
 
 The body is the OpenAI Images API's (`prompt`, `model`, `n`, `size`, `response_format`), so existing
-clients work, plus lensgen's own fields (`steps`, `cfg`, `seed`, `negative_prompt`, `reasoner`). OpenAI
+clients work, plus lensgen's own fields (`steps`, `cfg`, `classifier_scale`, `seed`, `negative_prompt`, `reasoner`). OpenAI
 fields that do not apply here (`quality`, `style`, `user`, ...) are accepted and ignored; any other field
 is refused, so a typo such as `step` is not silently dropped.
 """
@@ -21,8 +21,8 @@ from lensgen.sizes import parse_size
 MAX_SEED = 2**63 - 1
 OPENAI_IGNORED = ("quality", "style", "user", "moderation", "background", "output_compression", "partial_images",
                   "stream")
-FIELDS = ("prompt", "model", "n", "size", "response_format", "output_format", "steps", "cfg", "seed",
-          "negative_prompt", "reasoner")
+FIELDS = ("prompt", "model", "n", "size", "response_format", "output_format", "steps", "cfg", "classifier_scale",
+          "seed", "negative_prompt", "reasoner")
 
 
 class BadRequest(Exception):
@@ -45,11 +45,12 @@ class GenerationRequest:
     seed: int
     negative_prompt: str
     reasoner: str
+    classifier_scale: float = 0.0  # classifier guidance (models with a classifier/ only)
 
     @property
     def batch_key(self) -> tuple:
         """Requests with the same key can share one sampler call."""
-        return (self.model, self.height, self.width, self.steps, self.cfg)
+        return (self.model, self.height, self.width, self.steps, self.cfg, self.classifier_scale)
 
 
 def _int(body: dict, name: str, default: int, lo: int, hi: int) -> int:
@@ -109,10 +110,17 @@ def parse_request(body: Any, models: dict[str, PipelineDefaults], config: ServeC
     if isinstance(cfg, bool) or not isinstance(cfg, int | float) or not math.isfinite(cfg) or \
             not 0 <= cfg <= config.max_cfg:
         raise BadRequest(f"cfg must be a number from 0 to {config.max_cfg:g} (1 = no guidance), got {cfg!r}", "cfg")
+    classifier_scale = body.get("classifier_scale")
+    classifier_scale = defaults.classifier_scale if classifier_scale is None else classifier_scale
+    if isinstance(classifier_scale, bool) or not isinstance(classifier_scale, int | float) or \
+            not math.isfinite(classifier_scale) or not 0 <= classifier_scale <= config.max_classifier_scale:
+        raise BadRequest(f"classifier_scale must be a number from 0 to {config.max_classifier_scale:g} (0 = no "
+                         f"classifier guidance), got {classifier_scale!r}", "classifier_scale")
     seed = _int(body, "seed", secrets.randbelow(2**31), 0, MAX_SEED - config.max_n)
     negative = _string(body, "negative_prompt", "", config.max_prompt_chars)
     reasoner = _string(body, "reasoner", config.reasoner, 32)
     if reasoner not in reasoners:
         raise BadRequest(f"reasoner {reasoner!r} is not available here; available: {', '.join(reasoners)}",
                          "reasoner")
-    return GenerationRequest(prompt, model, n, height, width, steps, float(cfg), seed, negative, reasoner)
+    return GenerationRequest(prompt, model, n, height, width, steps, float(cfg), seed, negative, reasoner,
+                             float(classifier_scale))
