@@ -107,7 +107,8 @@ def compare(teacher_dir: str, student_dir: str, images: int, batch: int, rounds:
         teacher, student = models["teacher"], models["student"]
         check_same_latents(student.codec, teacher.codec, f"the student's codec ({student_dir})")
         models["teacher_student_decoder"] = LensPipeline(teacher.transformer, student.codec, teacher.text_encoder,
-                                                         teacher.defaults, name=f"{teacher.name}, student's VAE")
+                                                         teacher.defaults, name=f"{teacher.name}, student's VAE",
+                                                         classifier=teacher.classifier)
     counter = {}  # one per transformer (the teacher's may serve two rows); passes are read around each call
     for pipe in models.values():
         counter.setdefault(id(pipe.transformer), PassCounter(pipe.transformer))
