@@ -4,6 +4,7 @@ anchor, LoRA, the Lens config's batch shape, and two gloo ranks under torchrun t
 import copy
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -342,6 +343,40 @@ def test_kl_classifier_adds_its_guidance_toward_each_rubric_below_max_sigma(tmp_
     with pytest.raises(UserError, match="not a latent classifier folder"):
         NFTTrainer(config(tmp_path, tiny_model, prompts, "y", 1, "optim.kl_weight=1.0",
                           f"optim.kl_classifier={tmp_path}"), progress=False)
+
+
+def test_sample_classifier_scale_guides_the_collection_toward_each_prompts_words(tmp_path, tiny_model, prompts):
+    """sample.classifier_scale: the collected images are what the classifier-guided sampler draws, for the
+    prompts whose words it reads (as the shipped pipeline guides); the others are sampled as before."""
+    from lensgen.inference.classifier_guidance import prompt_rubric
+
+    torch.manual_seed(0)
+    channels = build_codec({"backend": "flux2-vae"}).token_channels
+    LatentClassifier(LatentClassifierConfig(channels=channels, width=16, depth=1)).save_pretrained(tmp_path / "clf")
+    more = ("optim.kl_weight=1.0", f"optim.kl_classifier={tmp_path / 'clf'}", "data.prompts_per_step=4")
+    unguided = NFTTrainer(config(tmp_path, tiny_model, prompts, "unguided", 1, *more), progress=False)
+    guided = NFTTrainer(config(tmp_path, tiny_model, prompts, "guided", 1, *more, "sample.classifier_scale=1e3",
+                               "sample.classifier_max_sigma=0.95"), progress=False)
+
+    def collected(trainer):
+        c = trainer.cfg
+        jobs = plan_jobs(trainer.sampler.next(), c.data.images_per_prompt, c.data.buckets_per_prompt, trainer.table,
+                         c.optim.seed, trainer.step, trainer.bucket_choices)
+        return trainer.collect(jobs)
+
+    readable = 0
+    for a, b in zip(collected(unguided), collected(guided)):
+        assert a.job == b.job
+        rubric = prompt_rubric(unguided.prompts[a.job.prompt].prompt)
+        if rubric and rubric["expected"]:
+            readable += 1
+            assert not torch.allclose(a.tokens, b.tokens, atol=1e-4)
+        else:
+            assert torch.equal(a.tokens, b.tokens)
+    assert readable > 0
+    assert math.isfinite(guided.rl_step()["grad_norm"])  # a step trains on the guided collection
+    with pytest.raises(UserError, match="sample.classifier_scale"):
+        config(tmp_path, tiny_model, prompts, "x", 1, "sample.classifier_scale=5")  # no optim.kl_classifier
 
 
 def test_reference_from_refuses_lora_and_another_architecture(tmp_path, tiny_model, prompts):

@@ -49,6 +49,10 @@ class RLSampleConfig:
     batch_size: int = 32  # images per sampler call
     timestep_fraction: float = 0.99  # train on the first int(steps * fraction) noise levels of the sampler's grid
     train_levels: int = 0  # per sample, that many of those levels drawn at random (0: every one, as published)
+    # the optim.kl_classifier classifier's guidance in the sampler itself (0: off), toward each prompt's rubric,
+    # at levels up to classifier_max_sigma: the collected images are what the guided sampler draws
+    classifier_scale: float = 0.0
+    classifier_max_sigma: float = 0.9
 
 
 @dataclass
@@ -182,6 +186,11 @@ class RLConfig(Validated):
             (math.isfinite(o.kl_classifier_scale) and o.kl_classifier_scale >= 0, "optim.kl_classifier_scale",
              "a guidance scale >= 0"),
             (0 < o.kl_classifier_max_sigma < 1, "optim.kl_classifier_max_sigma", "a noise level in (0, 1)"),
+            (math.isfinite(s.classifier_scale) and s.classifier_scale >= 0, "sample.classifier_scale",
+             "a guidance scale >= 0 (0: the policy samples alone)"),
+            (s.classifier_scale == 0 or bool(o.kl_classifier), "sample.classifier_scale",
+             "0 unless optim.kl_classifier names the classifier to guide with"),
+            (0 < s.classifier_max_sigma < 1, "sample.classifier_max_sigma", "a noise level in (0, 1)"),
             (not self.model.reference_from or self.model.lora_rank == 0, "model.reference_from",
              "empty with LoRA (model.lora_rank > 0: the reference is the base under the adapters)"),
             (not self.model.reference_from or o.kl_weight > 0, "model.reference_from",
