@@ -9,7 +9,8 @@ x_σ = (1 - σ) x0 + σ ε, adding `scale` times that gradient to the score give
     v' = v - scale · σ / (1 - σ) · ∇x log p(rubric | x_σ, σ)
 
 `lensgen rl` can aim its KL pull at that guided velocity (`optim.kl_classifier`), distilling the guidance into
-the CFG-free policy as the pull already distils CFG. The classifier predicts each shape's count, which
+the CFG-free policy as the pull already distils CFG, and a model folder's `classifier/` guides its sampler
+(`inference/classifier_guidance.py`). The classifier predicts each shape's count, which
 (colour, shape) pairs are present and which (shape, relation, shape) hold, by GenEval's position rule; it is
 trained by `lensgen train-classifier` on training-split scenes only (held-out safe, `heldout.py`).
 """
