@@ -15,7 +15,7 @@ from safetensors import safe_open
 from lensgen import cli
 from lensgen.errors import UserError
 from lensgen.inference.classifier_guidance import NOTHING_ASKED, guided_velocity_fn, prompt_rubric
-from lensgen.inference.pipeline import LensPipeline, PipelineDefaults
+from lensgen.inference.pipeline import LensPipeline, PipelineDefaults, model_dir
 from lensgen.models.latent_classifier import LatentClassifier, LatentClassifierConfig, guidance
 from lensgen.shapes.evalset import load_prompts
 from lensgen.shapes.rubrics import rubrics_for
@@ -144,6 +144,24 @@ def test_folders_whose_classifier_settings_do_not_hold_are_refused(saved, untrai
     pipe = untrained_pipeline
     with pytest.raises(UserError, match="the classifier reads 3-channel tokens but the codec gives"):
         LensPipeline(pipe.transformer, pipe.codec, pipe.text_encoder, PipelineDefaults(), classifier=_classifier(3))
+
+
+def test_a_classifier_folder_may_name_another_that_holds_its_weights(saved, tmp_path):
+    """`weights_from` in a classifier's config: two model folders share one classifier's bytes (the shipped
+    Turbo model reads the default's); a copy of such a folder elsewhere finds the shipped one, a missing
+    target is a clear error."""
+    shared = tmp_path / "models" / "b" / "classifier"
+    shared.mkdir(parents=True)
+    config = json.loads((saved / "classifier" / "latent_classifier.json").read_text())
+    (shared / "latent_classifier.json").write_text(json.dumps({**config, "weights_from": "../../a/classifier"}))
+    with pytest.raises(UserError, match="its weights are in .*a/classifier .weights_from., which holds no"):
+        LatentClassifier.from_pretrained(shared)
+    shutil.copytree(saved / "classifier", tmp_path / "models" / "a" / "classifier")
+    got, want = LatentClassifier.from_pretrained(shared), LatentClassifier.from_pretrained(saved / "classifier")
+    assert all(torch.equal(v, want.state_dict()[k]) for k, v in got.state_dict().items())
+    turbo = tmp_path / "copy" / "shapes-tiny-turbo"
+    shutil.copytree(model_dir("shapes-tiny-turbo"), turbo)
+    assert LatentClassifier.from_pretrained(turbo / "classifier").config.width == 128  # the shipped default's
 
 
 def test_generate_and_eval_take_classifier_scale(saved, tmp_path, capsys):

@@ -30,7 +30,7 @@ def test_demo_writes_grid_training_run_and_loss_plot(tmp_path, monkeypatch):
         assert text["model"] == str(out / "train" / "final") and text["prompt"] == prompt and text["size"] == size
     for png in (out / "images").glob("*.png"):
         text = Image.open(png).text
-        guided = {"classifier_scale"} if png.name[0].isdigit() else set()  # the default model's grid
+        guided = {"classifier_scale"} if png.name[0].isdigit() or png.name.startswith("turbo") else set()
         assert set(text) == {"prompt", "negative_prompt", "seed", "steps", "cfg", "size", "model", *guided}, png
         assert int(text["steps"]) >= 1 and float(text["cfg"]) >= 0
     assert "20 steps, CFG 1.0, classifier guidance 20;" in page

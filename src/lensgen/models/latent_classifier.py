@@ -39,6 +39,7 @@ PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOUR_NAMES for s in
 TRIPLES: tuple[tuple[str, str, str], ...] = tuple((a, r, b) for a in SHAPES for r in RELATIONS for b in SHAPES)
 CONFIG_NAME = "latent_classifier.json"
 WEIGHTS_NAME = "latent_classifier.safetensors"
+WEIGHTS_FROM = "weights_from"  # in a config: the classifier folder holding its weights (relative), shared
 # the heads' loss weights: a pair or relation is one of many mostly-absent labels, so its mean BCE is small
 PAIR_WEIGHT, RELATION_WEIGHT = 10.0, 30.0
 
@@ -122,15 +123,31 @@ class LatentClassifier(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: torch.device | str = "cpu") -> LatentClassifier:
+        """A `lensgen train-classifier` folder (or a model folder's classifier/). Its config may name another
+        classifier folder holding the weights (`weights_from`, relative to this one): two shipped models share
+        one classifier's bytes."""
         from safetensors.torch import load_file
 
+        from lensgen.models.weight_storage import shared_folder
+
         directory = Path(directory)
-        config_file, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        if not config_file.is_file() or not weights.is_file():
+        config_file = directory / CONFIG_NAME
+        try:
+            config = json.loads(config_file.read_text()) if config_file.is_file() else None
+        except json.JSONDecodeError as err:
+            raise UserError(f"{config_file}: unreadable latent classifier config ({err})") from None
+        source = directory
+        if isinstance(config, dict) and isinstance(config.get(WEIGHTS_FROM), str):
+            source = shared_folder(directory, config.pop(WEIGHTS_FROM))
+            if not (source / WEIGHTS_NAME).is_file():
+                raise UserError(f"{config_file}: its weights are in {source} ({WEIGHTS_FROM}), which holds no "
+                                f"{WEIGHTS_NAME}: keep the model folders side by side as shipped")
+        weights = source / WEIGHTS_NAME
+        if config is None or not weights.is_file():
             raise UserError(f"{directory}: not a latent classifier folder (expected {CONFIG_NAME} and {WEIGHTS_NAME}, "
                             "as `lensgen train-classifier` writes)")
         try:
-            model = cls(LatentClassifierConfig(**json.loads(config_file.read_text())))
+            model = cls(LatentClassifierConfig(**config))
             model.load_state_dict(load_file(weights, device=str(device)))
         except (json.JSONDecodeError, TypeError, RuntimeError) as err:
             raise UserError(f"{directory}: unreadable latent classifier ({err})") from None

@@ -89,15 +89,20 @@ def delta_base(weights_file: str | Path) -> Path | None:
         relative = (f.metadata() or {}).get(DELTA_KEY)
     if not relative:
         return None
-    base = Path(os.path.normpath(weights_file.parent / relative))
-    shipped = SHIPPED_MODELS_DIR / base.parent.name / base.name
-    if not base.is_dir() and shipped.is_dir():  # a copy of a shipped model's folder: its base ships too
-        base = shipped
+    base = shared_folder(weights_file.parent, relative)
     if not base.is_dir():
         raise UserError(f"{weights_file} stores the difference to the weights in {relative} (that is {base}), "
                         f"which does not exist: keep the two model folders side by side as shipped, or load the "
                         f"model where they are and save_pretrained it to store its weights whole")
     return base
+
+
+def shared_folder(start: Path, relative: str) -> Path:
+    """A folder another one's files point to (`relative` to `start`); for a copy of a shipped model's folder
+    made elsewhere, the shipped folder of the same model and name (it ships too). May not exist."""
+    folder = Path(os.path.normpath(Path(start) / relative))
+    shipped = SHIPPED_MODELS_DIR / folder.parent.name / folder.name
+    return shipped if not folder.is_dir() and shipped.is_dir() else folder
 
 
 def _pack_int4(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
