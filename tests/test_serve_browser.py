@@ -55,6 +55,8 @@ def test_page_generates_an_image_in_headless_chromium(shipped_pipeline, tmp_path
         page.select_option("#size", "96x96")
         page.fill("#steps", "4")
         page.fill("#seed", "5")
+        assert page.get_attribute("#classifier_scale", "placeholder") == "20"  # the model's default guidance
+        page.fill("#classifier_scale", "5")
         page.check("#use-reasoner")
         page.click("#generate")
         card = page.wait_for_selector(".card img", timeout=120_000)
@@ -63,7 +65,7 @@ def test_page_generates_an_image_in_headless_chromium(shipped_pipeline, tmp_path
         assert card.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [96, 96]
         assert card.is_visible() and card.bounding_box()["width"] > 100
         settings = page.inner_text(".card")
-        assert PROMPT in settings and "96x96, 4 steps, CFG 1, seed 5" in settings
+        assert PROMPT in settings and "96x96, 4 steps, CFG 1, guidance 5, seed 5" in settings
         rewritten = page.inner_text("#rewritten")
         assert "The two red stars are to the left of the blue circle." in rewritten
         assert page.get_attribute(".card a", "download") == "lensgen-5.png"

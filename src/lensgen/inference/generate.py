@@ -286,7 +286,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                                              "Turbo, 3.0 for shapes-tiny-base; 1 = no guidance pass)")
     p.add_argument("--classifier-scale", type=float, default=None,
                    help="classifier guidance toward what a Shapes prompt asks, for models with a classifier/ "
-                        "(the shipped shapes-tiny): a finite number >= 0, 0 = off (default: the model's)")
+                        "(the shipped shapes-tiny and shapes-tiny-turbo): a finite number >= 0, 0 = off (default: "
+                        "the model's: 20 and 3)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed: image i uses seed + i (a prompts-file line with its own \"seed\" s uses "
                         "s, s + 1, ... for its --num images)")

@@ -204,7 +204,7 @@ def classifier_scale_for(directory: str | os.PathLike, scale: float | None,
         return scale
     if scale > 0:
         raise UserError(f"{name} {scale:g}: {directory} has no classifier ({CLASSIFIER_FOLDER}/) to guide with; "
-                        f"the shipped shapes-tiny has one")
+                        f"the shipped shapes-tiny and shapes-tiny-turbo have one")
     return None
 
 

@@ -34,6 +34,8 @@ function refreshSizes() {
   sel.selectedIndex = def >= 0 ? def : Math.min(1, sizes.length - 1);
   $("steps").placeholder = info.steps;
   $("cfg").placeholder = info.cfg;
+  $("classifier_scale").placeholder = info.classifier ? info.classifier_scale : "none";
+  $("classifier_scale").disabled = !info.classifier;
 }
 
 async function loadModels() {
@@ -71,7 +73,8 @@ function card(item, settings) {
   const lines = [
     ["prompt", settings.prompt],
     ...(item.revised_prompt !== settings.prompt ? [["rewritten", item.revised_prompt]] : []),
-    ["settings", `${settings.model}, ${settings.size}, ${settings.steps} steps, CFG ${settings.cfg}, seed ${item.seed}`],
+    ["settings", `${settings.model}, ${settings.size}, ${settings.steps} steps, CFG ${settings.cfg}` +
+      (settings.classifier_scale ? `, guidance ${settings.classifier_scale}` : "") + `, seed ${item.seed}`],
   ];
   div.append(img, ...lines.map(([k, v]) => {
     const p = document.createElement("p");
@@ -86,7 +89,7 @@ async function generate(event) {
   showError("");
   const body = { prompt: $("prompt").value, model: $("model").value, size: $("size").value, n: Number($("n").value) || 1,
                  response_format: "b64_json", reasoner: $("use-reasoner").checked ? $("reasoner").value || "none" : "none" };
-  for (const f of ["steps", "cfg", "seed"]) if ($(f).value !== "") body[f] = Number($(f).value);
+  for (const f of ["steps", "cfg", "classifier_scale", "seed"]) if ($(f).value !== "" && !$(f).disabled) body[f] = Number($(f).value);
   if ($("api-key").value.trim()) sessionStorage.setItem("lensgen-key", $("api-key").value.trim());
   $("generate").disabled = true;
   $("progress").hidden = false;
@@ -103,7 +106,8 @@ async function generate(event) {
       showError(message + (retry && !message.includes("retry") ? ` (retry in ${retry} s)` : ""));
       return;
     }
-    const settings = { prompt: body.prompt, model: reply.model, size: reply.size, steps: reply.lensgen.steps, cfg: reply.lensgen.cfg };
+    const settings = { prompt: body.prompt, model: reply.model, size: reply.size, steps: reply.lensgen.steps, cfg: reply.lensgen.cfg,
+                       classifier_scale: reply.lensgen.classifier_scale };
     const rewritten = reply.data[0].revised_prompt;
     $("rewritten").hidden = rewritten === body.prompt;
     $("rewritten").querySelector("span").textContent = rewritten;
