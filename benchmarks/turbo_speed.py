@@ -35,7 +35,7 @@ import torch
 
 from lensgen.compute import flop_counter
 from lensgen.flow.schedule import sampling_sigmas
-from lensgen.inference.classifier_guidance import NOTHING_ASKED, prompt_rubric
+from lensgen.inference.classifier_guidance import prompt_rubrics
 from lensgen.inference.pipeline import DEFAULT_MODEL_DIR, LensPipeline
 from lensgen.models.latent_classifier import guidance
 
@@ -90,7 +90,7 @@ def guidance_flops(pipe: LensPipeline, prompts: list[str], tokens: torch.Tensor,
         return 0
     sigmas = sampling_sigmas(d.steps, grid[0] * grid[1], schedule=d.schedule)
     active = int((sigmas[:-1] <= d.classifier_max_sigma).sum())
-    rubrics = [prompt_rubric(p) or NOTHING_ASKED for p in prompts]
+    rubrics = prompt_rubrics(prompts)
     sigma = torch.full((len(prompts),), d.classifier_max_sigma / 2, device=pipe.device)
     return active * _flops(lambda: guidance(pipe.classifier, tokens, sigma, grid, rubrics, d.classifier_scale,
                                             d.classifier_max_sigma))

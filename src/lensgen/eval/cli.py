@@ -131,7 +131,7 @@ def _check_args(args) -> None:
         defaults = read_defaults(args.model)
         defaults.resolve_size(*(parse_size(args.size) if args.size else (None, None)))
         defaults.sampling(args.steps, args.cfg, "--steps", "--cfg")
-        classifier_scale_for(args.model, args.classifier_scale)
+        classifier_scale_for(args.model, defaults, args.classifier_scale)
     elif args.classifier_scale is not None:
         raise UserError("--classifier-scale goes with --model")
 

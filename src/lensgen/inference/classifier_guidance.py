@@ -58,14 +58,20 @@ def check_max_sigma(max_sigma: float, name: str = "classifier_max_sigma") -> Non
         raise UserError(f"{name} must be a noise level in (0, 1), got {max_sigma!r}")
 
 
+def prompt_rubrics(prompts: list[str], fallback_prompts: list[str] | None = None) -> list[dict]:
+    """One rubric per prompt for the guidance: its words', else its `fallback_prompts` entry's (e.g. the user's
+    words before a Reasoner rewrote them), else one that asks nothing."""
+    fallback = fallback_prompts or prompts
+    return [prompt_rubric(p) or prompt_rubric(q) or NOTHING_ASKED for p, q in zip(prompts, fallback)]
+
+
 def guided_velocity_fn(velocity_fn: VelocityFn, classifier: LatentClassifier, grid: tuple[int, int],
                        prompts: list[str], scale: float, max_sigma: float,
                        fallback_prompts: list[str] | None = None) -> VelocityFn:
     """`velocity_fn` plus the classifier's guidance toward each prompt's rubric (one prompt per sample; where a
     prompt is outside the grammar, its `fallback_prompts` entry, e.g. the user's words before a Reasoner
     rewrote them). `velocity_fn` itself when nothing in the batch asks what the classifier reads."""
-    fallback = fallback_prompts or prompts
-    rubrics = [prompt_rubric(p) or prompt_rubric(q) or NOTHING_ASKED for p, q in zip(prompts, fallback)]
+    rubrics = prompt_rubrics(prompts, fallback_prompts)
     if scale == 0 or all(not r["expected"] for r in rubrics):
         return velocity_fn
 
@@ -77,4 +83,4 @@ def guided_velocity_fn(velocity_fn: VelocityFn, classifier: LatentClassifier, gr
 
 
 __all__ = ["CLASSIFIER_FOLDER", "NOTHING_ASKED", "check_classifier_scale", "check_max_sigma", "guided_velocity_fn",
-           "prompt_rubric"]
+           "prompt_rubric", "prompt_rubrics"]

@@ -220,7 +220,7 @@ def check_request(args: argparse.Namespace) -> Request:
     defaults = read_defaults(args.model or DEFAULT_MODEL_DIR)
     height, width = defaults.resolve_size(*(parse_size(args.size) if args.size else (None, None)))
     steps, cfg = defaults.sampling(args.steps, args.cfg, "--steps", "--cfg")
-    classifier_scale = classifier_scale_for(args.model or DEFAULT_MODEL_DIR, args.classifier_scale)
+    classifier_scale = classifier_scale_for(args.model or DEFAULT_MODEL_DIR, defaults, args.classifier_scale)
     image, strength = None, args.strength
     if args.image is None and strength is not None:
         raise UserError("--strength is image-to-image's starting noise level: give --image FILE with it")

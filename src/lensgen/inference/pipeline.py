@@ -194,12 +194,13 @@ def read_defaults(directory: str | os.PathLike) -> PipelineDefaults:
     return PipelineDefaults.from_dict(read_model_index(directory).get("lensgen", {}))
 
 
-def classifier_scale_for(directory: str | os.PathLike, scale: float | None,
+def classifier_scale_for(directory: str | os.PathLike, defaults: PipelineDefaults, scale: float | None,
                          name: str = "--classifier-scale") -> float | None:
-    """The classifier guidance scale a command samples a model folder with (the one given, else the folder's
-    default), checked without loading weights; None for a folder without a classifier, when none is asked."""
+    """The classifier guidance scale a command samples a model folder (whose `defaults` it has read) with: the
+    one given, else the folder's default, checked without loading weights; None for a folder without a
+    classifier, when none is asked."""
     directory = model_dir(directory)
-    scale = read_defaults(directory).guidance_scale(scale, name)
+    scale = defaults.guidance_scale(scale, name)
     if (directory / CLASSIFIER_FOLDER).is_dir():
         return scale
     if scale > 0:

@@ -149,7 +149,7 @@ class LatentClassifier(nn.Module):
         try:
             model = cls(LatentClassifierConfig(**config))
             model.load_state_dict(load_file(weights, device=str(device)))
-        except (json.JSONDecodeError, TypeError, RuntimeError) as err:
+        except (TypeError, RuntimeError) as err:
             raise UserError(f"{directory}: unreadable latent classifier ({err})") from None
         return model.to(device).eval().requires_grad_(False)
 

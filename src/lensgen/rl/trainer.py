@@ -28,7 +28,7 @@ from lensgen.flow.sampler import guided_velocity
 from lensgen.flow.sampler import sample as solve
 from lensgen.flow.schedule import sampling_sigmas
 from lensgen.images import to_pil
-from lensgen.inference.classifier_guidance import NOTHING_ASKED, prompt_rubric
+from lensgen.inference.classifier_guidance import guided_velocity_fn
 from lensgen.inference.pipeline import LensPipeline, PipelineDefaults, StartingPoint, model_dir
 from lensgen.io import atomic_write_bytes, atomic_write_json
 from lensgen.models.latent_classifier import LatentClassifier, guidance
@@ -162,17 +162,13 @@ class NFTTrainer:
                                                  noise_seed(cfg.optim.seed, self.step, j.slot, j.index)))
                                  for j in batch]).to(self.device)
 
-            # sample.classifier_scale: the classifier guides the sampler toward each prompt's words, as the
-            # shipped pipeline's does (`inference.classifier_guidance`)
-            asked = [prompt_rubric(t) or NOTHING_ASKED for t in texts] if cfg.sample.classifier_scale else None
-
-            def velocity(x, sigma, feats=feats, mask=mask, grid=grid, asked=asked):
+            def velocity(x, sigma, feats=feats, mask=mask, grid=grid):
                 with self.autocast:
-                    v = self.policy.old(x, feats, sigma, grid, mask).float()
-                if asked is not None:
-                    v = v + guidance(self.classifier, x, sigma, grid, asked, cfg.sample.classifier_scale,
-                                     cfg.sample.classifier_max_sigma)
-                return v
+                    return self.policy.old(x, feats, sigma, grid, mask).float()
+
+            if cfg.sample.classifier_scale:  # guided toward each prompt's words, as the shipped pipeline samples
+                velocity = guided_velocity_fn(velocity, self.classifier, grid, texts, cfg.sample.classifier_scale,
+                                              cfg.sample.classifier_max_sigma)
 
             tokens = solve(velocity, noise, self.sigmas(grid, cfg.sample.steps), solver=cfg.sample.solver)
             if getattr(batch, "dummy", False):
