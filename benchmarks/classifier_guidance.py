@@ -5,11 +5,14 @@ classifier/, or `--classifier DIR` (a `lensgen train-classifier` folder) attache
 
 --prompts train (default): a fixed sample of the RL prompt set (`lensgen data rl-prompts`; training-side keys
 only, so a scale picked here is not tuned on the held-out benchmark), each image scored with the RL reward (the
-Shapes rubric) and the GenEval rule, per dimension. --prompts eval: ShapesEval's held-out prompts, each scale's
+Shapes rubric) and the GenEval rule, per dimension; with --agreement instead, per asked shape, how often the
+classifier, reading each finished image's own latent (σ 0.05), holds that the shape is there where the judge
+finds it and where the judge does not (where guidance has satisfied the classifier but not the judge). --prompts eval: ShapesEval's held-out prompts, each scale's
 results in OUT-<scale>/results.json for `lensgen eval compare` (`lensgen eval shapes --classifier-scale S`
 gives the same for one scale).
 
     python benchmarks/classifier_guidance.py shapes-tiny --scales 0 15 30 60
+    python benchmarks/classifier_guidance.py shapes-tiny --scales 0 20 --agreement --num-prompts 1024 --n-per-prompt 1
 """
 
 from __future__ import annotations
@@ -25,11 +28,14 @@ import torch
 
 from lensgen.data.rl_prompts.records import load_rl_prompts
 from lensgen.eval.shapes import evaluate, format_table, pipeline_generator
-from lensgen.inference.classifier_guidance import check_max_sigma
+from lensgen.images import image_to_tensor
+from lensgen.inference.classifier_guidance import check_max_sigma, prompt_rubric
 from lensgen.inference.pipeline import LensPipeline
 from lensgen.io import atomic_write_json
-from lensgen.models.latent_classifier import LatentClassifier
+from lensgen.models.latent_classifier import MAX_COUNT, LatentClassifier
 from lensgen.rl.rewards import GenEvalReward, ShapesRubricReward
+from lensgen.shapes.judge import detect
+from lensgen.shapes.vocab import SHAPES
 
 
 def load_pipeline(model: str, classifier: str | None) -> LensPipeline:
@@ -60,6 +66,31 @@ def training_scores(pipe: LensPipeline, records: list, scale: float, n_per_promp
             for dim, v in rows.items()}
 
 
+def judge_agreement(pipe: LensPipeline, records: list, scale: float, n_per_prompt: int, batch_size: int = 32,
+                    sigma: float = 0.05) -> dict[str, dict[str, int]]:
+    """Per shape a prompt asks for (the guidance's rubric, from its words): images where the judge finds the
+    asked number ("found") and where it does not ("missed"), and of each how many the classifier, reading the
+    image's own latent at `sigma`, gives probability >= 0.5 of holding that number ("... classifier yes")."""
+    jobs = [(r.prompt, seed) for r in records for seed in range(n_per_prompt)]
+    table = {shape: {"found": 0, "found, classifier yes": 0, "missed": 0, "missed, classifier yes": 0}
+             for shape in SHAPES}
+    for i in range(0, len(jobs), batch_size):
+        prompts, seeds = zip(*jobs[i:i + batch_size])
+        images = pipe(list(prompts), seed=list(seeds), classifier_scale=scale)
+        pixels = torch.stack([image_to_tensor(im) for im in images]).to(pipe.codec.dtype)
+        with torch.no_grad():
+            latents = pipe.codec.encode(pixels).float()
+            counts = pipe.classifier(latents, torch.full((len(latents),), sigma)).counts.softmax(-1)
+        for k, (prompt, image) in enumerate(zip(prompts, images)):
+            rubric, detection = prompt_rubric(prompt), detect(image)
+            for shape, n in (rubric["expected"] if rubric else {}).items():
+                row, n = SHAPES.index(shape), min(MAX_COUNT, int(n))
+                key = "found" if len(detection.of(shape)) >= n else "missed"
+                table[shape][key] += 1
+                table[shape][f"{key}, classifier yes"] += int(counts[k, row, n:].sum() >= 0.5)
+    return table
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a shipped model name or pipeline folder")
@@ -75,6 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, default=None, help="ShapesEval prompts per task (--prompts eval)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="--prompts eval: write OUT-<scale>/results.json")
+    parser.add_argument("--agreement", action="store_true",
+                        help="--prompts train: instead of the scores, whether the classifier agrees with the judge "
+                             "on each asked shape of the finished images")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model, args.classifier)
@@ -86,6 +120,17 @@ def main(argv: list[str] | None = None) -> dict:
     if args.prompts == "train":
         records = load_rl_prompts(args.prompt_set)
         records = random.Random(0).sample(records, min(args.num_prompts, len(records)))
+        if args.agreement:
+            print(f"| scale | shape | judge finds | classifier agrees | judge misses | classifier says there |  "
+                  f"({pipe.name}; {len(records)} training prompts)")
+            print("| ---: | --- | ---: | ---: | ---: | ---: |")
+            for scale in args.scales:
+                out[scale] = judge_agreement(pipe, records, scale, args.n_per_prompt or 2)
+                for shape, row in list(out[scale].items()) + [("all", {k: sum(r[k] for r in out[scale].values())
+                                                                         for k in out[scale]["circle"]})]:
+                    print(f"| {scale:g} | {shape} | {row['found']} | {row['found, classifier yes']} | "
+                          f"{row['missed']} | {row['missed, classifier yes']} |", flush=True)
+            return out
         print(f"| scale | dimension | rubric reward | GenEval rule | images |  ({pipe.name}; guidance up to "
               f"sigma {max_sigma:g}; {len(records)} training prompts)")
         print("| ---: | --- | ---: | ---: | ---: |")

@@ -3,6 +3,7 @@ component of a model folder, its defaults and checks, the commands' --classifier
 
 import importlib.util
 import json
+import random
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -16,9 +17,10 @@ from lensgen import cli
 from lensgen.errors import UserError
 from lensgen.inference.classifier_guidance import NOTHING_ASKED, guided_velocity_fn, prompt_rubric
 from lensgen.inference.pipeline import LensPipeline, PipelineDefaults, model_dir
-from lensgen.models.latent_classifier import LatentClassifier, LatentClassifierConfig, guidance
+from lensgen.models.latent_classifier import MAX_COUNT, LatentClassifier, LatentClassifierConfig, guidance
 from lensgen.shapes.evalset import load_prompts
 from lensgen.shapes.rubrics import rubrics_for
+from lensgen.shapes.vocab import SHAPES
 
 SHAPES_PROMPT = "a photo of a red circle left of a blue star"
 
@@ -195,7 +197,7 @@ def test_guidance_benchmark_scores_training_prompts_and_writes_eval_results(save
     """benchmarks/classifier_guidance.py: per-dimension rewards on RL training prompts at each scale (scale 0
     is the model as it samples), and held-out ShapesEval results that `lensgen eval compare` reads."""
     from lensgen.data.rl_prompts.grammar import generate_shapes_prompts
-    from lensgen.data.rl_prompts.records import jsonl
+    from lensgen.data.rl_prompts.records import jsonl, load_rl_prompts
     from lensgen.eval.compare import load_scores
     from lensgen.eval.shapes import evaluate, pipeline_generator
 
@@ -207,6 +209,20 @@ def test_guidance_benchmark_scores_training_prompts_and_writes_eval_results(save
     assert set(scores) == {0.0, 1e4} and scores[0.0]["all"]["images"] == 3
     assert all(0 <= s["rubric"] <= 1 and 0 <= s["geneval"] <= 1 for by_dim in scores.values() for s in by_dim.values())
     assert "| 10000 | all |" in capsys.readouterr().out
+    # --agreement: every shape a prompt asks is found or missed by the judge, and the classifier's yes counted
+    agreement = bench.main([str(saved), "--scales", "0", "--prompt-set", str(tmp_path / "rl.jsonl"), "--agreement",
+                            "--num-prompts", "6", "--n-per-prompt", "1", "--threads", "1"])[0.0]
+    asked = [r.prompt for r in random.Random(0).sample(records, 6)]
+    assert sum(r["found"] + r["missed"] for r in agreement.values()) == \
+        sum(len((prompt_rubric(p) or NOTHING_ASKED)["expected"]) for p in asked) > 0
+    assert "| 0 | all |" in capsys.readouterr().out
+    sure = LensPipeline.from_pretrained(saved)
+    last = sure.classifier.head[-1]
+    last.weight.data.zero_()
+    last.bias.data.fill_(-30.0)
+    last.bias.data[:len(SHAPES) * (MAX_COUNT + 1)].view(len(SHAPES), MAX_COUNT + 1)[:, MAX_COUNT] = 30.0
+    for row in bench.judge_agreement(sure, load_rl_prompts(tmp_path / "rl.jsonl")[:4], 0.0, 1).values():
+        assert row["found, classifier yes"] == row["found"] and row["missed, classifier yes"] == row["missed"]
     bench.main([str(saved), "--prompts", "eval", "--scales", "0", "--limit", "1", "--n-per-prompt", "1",
                 "--threads", "1", "--out", str(tmp_path / "eval")])
     plain = evaluate(pipeline_generator(LensPipeline.from_pretrained(saved), 64, 64, None, None, classifier_scale=0),

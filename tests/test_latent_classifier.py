@@ -109,7 +109,8 @@ def test_training_on_true_scenes_learns_and_the_command_writes_a_usable_folder(t
     # what a scene holds is readable at low noise, not at high (untrained: nothing anywhere)
     assert low["relations_recall"] > high["relations_recall"] + 0.03 and low["pairs_exact"] > high["pairs_exact"]
     out = tmp_path / "clf"
-    assert cli.main(["train-classifier", "--out", str(out), "--scenes", "64", "--steps", "3", "--batch-size", "16",
+    # 20 steps: a one-step warm-up, where the one-cycle schedule divided by zero
+    assert cli.main(["train-classifier", "--out", str(out), "--scenes", "64", "--steps", "20", "--batch-size", "16",
                      "--threads", "1", "-q"]) == 0
     assert "optim.kl_classifier=" in capsys.readouterr().out
     assert LatentClassifier.from_pretrained(out).config.channels == codec.token_channels

@@ -30,6 +30,7 @@ from lensgen.rl.config import load_rl_config
 from lensgen.rl.ptx import PretrainAnchor
 from lensgen.rl.rewards import RewardResult
 from lensgen.rl.trainer import NFTTrainer
+from lensgen.shapes.heldout import TRAIN_WORDS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SHIPPED = DEFAULT_MODEL_DIR  # a trained model: its rewards vary within a group, so the loss has a gradient
@@ -217,6 +218,21 @@ def test_shape_margin_benchmark_reads_true_shapes_right_and_fits_on_them(tmp_pat
                               f"{tiny_model} + fit 2 from true scenes at sigma 0.5, asked for a circle"]
         assert all(r["images"] == 3 and sum(r["read_as"].values()) == 3 for r in rows.values())
     assert "read right" in capsys.readouterr().out
+
+
+def test_sign_from_sigma_benchmark_reads_true_signs_and_starts_each_model_at_each_level(tiny_model):
+    """benchmarks/sign_from_sigma.py: the true signs (training words only) read exactly, and every model gets a
+    row per level, from the noised signs below 1 and from pure noise at 1."""
+    bench = _benchmark("sign_from_sigma")
+    words, images = bench.true_signs(4, 64)
+    assert set(words) <= set(TRAIN_WORDS) and bench.read(images, words) == {"similarity": 1.0, "exact": 1.0}
+    table = bench.main([str(tiny_model), "--levels", "0.02", "1", "--n", "3", "--size", "64",
+                        "--threads", str(torch.get_num_threads())])
+    assert list(table) == ["true signs", f"{tiny_model} from sigma 0.02", f"{tiny_model} from sigma 1"]
+    assert table["true signs"]["exact"] == 1.0
+    assert all(0 <= row["similarity"] <= 1 for row in table.values())
+    with pytest.raises(SystemExit):
+        bench.main([str(tiny_model), "--levels", "0"])
 
 
 def test_self_fit_keeps_only_passing_images_best_first_on_fixed_seeds(tiny_model, prompts, monkeypatch):

@@ -80,7 +80,8 @@ def train_classifier(codec, scenes: int = 32768, steps: int = 5000, batch_size: 
     val_x0, val_targets = encode_scenes(codec, val_scenes, size, seed=2 * seed + 2, progress=progress)
     classifier = LatentClassifier(LatentClassifierConfig(channels=x0.shape[1], width=width, depth=depth))
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=max(steps, 2), pct_start=0.05)
+    total = max(steps, 4)  # OneCycleLR needs two steps or more in each phase (--steps 20 divided by zero)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=total, pct_start=max(0.05, 2 / total))
     generator = torch.Generator().manual_seed(seed)
     start, parts = time.perf_counter(), {}
     bar = tqdm(range(steps), desc="train-classifier", disable=not progress)
