@@ -4,7 +4,8 @@ ShapesEval's text task asks for a sign reading a word; the judge reads it (OCR) 
 distance. Rendered true signs read 1.0. This starts each model from those scenes noised to each level σ (the
 scene alone, prompted `a sign that says "WORD"`; `LensPipeline(..., image=, strength=)`, each level snapped
 to the first of the model's grid at or below it), lets its sampler finish, and prints the mean similarity and
-the share read exactly; σ 1 is sampling from pure noise. If the word survives from low noise but not from
+the share read exactly; σ 1 is sampling from pure noise, and the signs through each model's VAE are the
+ceiling of any model in its latent space. If the word survives from low noise but not from
 high, the model loses it while laying the sign out; if it is lost from low noise too, the model cannot finish
 letters at all. Words come from the training split (`heldout.TRAIN_WORDS`).
 
@@ -14,11 +15,13 @@ letters at all. Words come from the training split (`heldout.TRAIN_WORDS`).
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 
 import numpy as np
 import torch
 
+from lensgen.images import image_to_tensor, to_pil
 from lensgen.inference.pipeline import LensPipeline
 from lensgen.shapes.heldout import TRAIN_WORDS
 from lensgen.shapes.judge import detect
@@ -28,16 +31,17 @@ from lensgen.shapes.scene import Background, Scene, make_sign
 
 
 def true_signs(n: int, size: int, seed: int = 0) -> tuple[list[str], list]:
-    """`n` training words (cycled) and each on a plain sign, alone in a square scene of `size` pixels."""
+    """`n` training words (cycled) and each on a plain sign, alone in a square scene of `size` pixels; words too
+    long for a legible sign on a square canvas (`make_sign` refuses them) are skipped."""
     rng = np.random.default_rng(seed)
-    pool = random.Random(seed).sample(TRAIN_WORDS, min(n, len(TRAIN_WORDS)))
-    words = [pool[i % len(pool)] for i in range(n)]
-    images = []
-    for word in words:
-        sign = None
-        while sign is None:
-            sign = make_sign(rng, 1.0, word)
-        images.append(render(Scene([], Background(), sign, 1.0), size, size))
+    words, images = [], []
+    for word in itertools.cycle(random.Random(seed).sample(TRAIN_WORDS, len(TRAIN_WORDS))):
+        if len(words) == n:
+            break
+        sign = next(filter(None, (make_sign(rng, 1.0, word) for _ in range(20))), None)
+        if sign is not None:
+            words.append(word)
+            images.append(render(Scene([], Background(), sign, 1.0), size, size))
     return words, images
 
 
@@ -64,6 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
     table = {"true signs": read(images, words)}
     for model in args.models:
         pipe = LensPipeline.from_pretrained(model, device="cpu")
+        with torch.no_grad():  # the ceiling of any model in this latent space
+            codec = pipe.codec
+            pixels = torch.stack([image_to_tensor(im) for im in images]).to(codec.dtype)
+            table[f"true signs through {model}'s VAE"] = read(to_pil(codec.decode(codec.encode(pixels))), words)
         for level in args.levels:
             out = []
             for i in range(0, len(words), args.batch_size):

@@ -228,7 +228,8 @@ def test_sign_from_sigma_benchmark_reads_true_signs_and_starts_each_model_at_eac
     assert set(words) <= set(TRAIN_WORDS) and bench.read(images, words) == {"similarity": 1.0, "exact": 1.0}
     table = bench.main([str(tiny_model), "--levels", "0.02", "1", "--n", "3", "--size", "64",
                         "--threads", str(torch.get_num_threads())])
-    assert list(table) == ["true signs", f"{tiny_model} from sigma 0.02", f"{tiny_model} from sigma 1"]
+    assert list(table) == ["true signs", f"true signs through {tiny_model}'s VAE", f"{tiny_model} from sigma 0.02",
+                           f"{tiny_model} from sigma 1"]
     assert table["true signs"]["exact"] == 1.0
     assert all(0 <= row["similarity"] <= 1 for row in table.values())
     with pytest.raises(SystemExit):
