@@ -7,9 +7,9 @@ classifier/, or `--classifier DIR` (a `lensgen train-classifier` folder) attache
 only, so a scale picked here is not tuned on the held-out benchmark), each image scored with the RL reward (the
 Shapes rubric) and the GenEval rule, per dimension; with --agreement instead, per asked shape, how often the
 classifier, reading each finished image's own latent (σ 0.05), holds that the shape is there where the judge
-finds it and where the judge does not (where guidance has satisfied the classifier but not the judge). --prompts eval: ShapesEval's held-out prompts, each scale's
-results in OUT-<scale>/results.json for `lensgen eval compare` (`lensgen eval shapes --classifier-scale S`
-gives the same for one scale).
+finds it and where the judge does not (where guidance has satisfied the classifier but not the judge).
+--prompts eval: ShapesEval's held-out prompts, each scale's results in OUT-<scale>/results.json for `lensgen
+eval compare` (`lensgen eval shapes --classifier-scale S` gives the same for one scale).
 
     python benchmarks/classifier_guidance.py shapes-tiny --scales 0 15 30 60
     python benchmarks/classifier_guidance.py shapes-tiny --scales 0 20 --agreement --num-prompts 1024 --n-per-prompt 1
@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="--prompts train: instead of the scores, whether the classifier agrees with the judge "
                              "on each asked shape of the finished images")
     args = parser.parse_args(argv)
+    if args.agreement and args.prompts != "train":
+        parser.error("--agreement reads training prompts (--prompts train)")
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model, args.classifier)
     if args.max_sigma is not None:

@@ -5,9 +5,9 @@ distance. Rendered true signs read 1.0. This starts each model from those scenes
 scene alone, prompted `a sign that says "WORD"`; `LensPipeline(..., image=, strength=)`, each level snapped
 to the first of the model's grid at or below it), lets its sampler finish, and prints the mean similarity and
 the share read exactly; σ 1 is sampling from pure noise, and the signs through each model's VAE are the
-ceiling of any model in its latent space. If the word survives from low noise but not from
-high, the model loses it while laying the sign out; if it is lost from low noise too, the model cannot finish
-letters at all. Words come from the training split (`heldout.TRAIN_WORDS`).
+ceiling of any model in its latent space. If the word survives from low noise but not from high, the model
+loses it while laying the sign out; if it is lost from low noise too, the model cannot finish letters either.
+Words come from the training split (`heldout.TRAIN_WORDS`).
 
     python benchmarks/sign_from_sigma.py shapes-tiny shapes-tiny-base
 """

@@ -228,6 +228,8 @@ def test_guidance_benchmark_scores_training_prompts_and_writes_eval_results(save
     plain = evaluate(pipeline_generator(LensPipeline.from_pretrained(saved), 64, 64, None, None, classifier_scale=0),
                      limit=1, n_per_prompt=1, progress=False)
     assert load_scores(tmp_path / "eval-0") == {(s.task, s.id, s.seed): s.score for s in plain.samples}
+    with pytest.raises(SystemExit):
+        bench.main([str(saved), "--prompts", "eval", "--agreement"])
     with pytest.raises(SystemExit, match="has no classifier/: give one with --classifier"):
         bench.main(["shapes-tiny-base", "--threads", "1"])
 
