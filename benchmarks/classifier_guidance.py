@@ -59,7 +59,8 @@ def training_scores(pipe: LensPipeline, records: list, scale: float, n_per_promp
         prompts = [r.prompt for r, _ in batch]
         images = pipe(prompts, seed=[seed for _, seed in batch], classifier_scale=scale)
         rubrics = [r.rubric.to_dict() for r, _ in batch]
-        for (r, _), a, b in zip(batch, rubric(images, prompts, rubrics).scores, geneval(images, prompts, rubrics).scores):
+        passes = geneval(images, prompts, rubrics).scores
+        for (r, _), a, b in zip(batch, rubric(images, prompts, rubrics).scores, passes):
             rows[r.dimension].append((float(a), float(b)))
             rows["all"].append((float(a), float(b)))
     return {dim: {"rubric": sum(a for a, _ in v) / len(v), "geneval": sum(b for _, b in v) / len(v), "images": len(v)}
@@ -127,9 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
                   f"({pipe.name}; {len(records)} training prompts)")
             print("| ---: | --- | ---: | ---: | ---: | ---: |")
             for scale in args.scales:
-                out[scale] = judge_agreement(pipe, records, scale, args.n_per_prompt or 2)
-                for shape, row in list(out[scale].items()) + [("all", {k: sum(r[k] for r in out[scale].values())
-                                                                         for k in out[scale]["circle"]})]:
+                out[scale] = table = judge_agreement(pipe, records, scale, args.n_per_prompt or 2)
+                total = {column: sum(row[column] for row in table.values()) for column in table[SHAPES[0]]}
+                for shape, row in [*table.items(), ("all", total)]:
                     print(f"| {scale:g} | {shape} | {row['found']} | {row['found, classifier yes']} | "
                           f"{row['missed']} | {row['missed, classifier yes']} |", flush=True)
             return out

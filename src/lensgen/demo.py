@@ -108,7 +108,8 @@ def trained_model_html(out: Path, export: Path) -> str:
 def sampling(pipe) -> str:
     """How a pipeline samples at its defaults, for the page: steps, CFG and any classifier guidance."""
     d = pipe.defaults
-    guided = f", classifier guidance {d.classifier_scale:g}" if pipe.classifier is not None and d.classifier_scale else ""
+    guided = pipe.classifier is not None and d.classifier_scale
+    guided = f", classifier guidance {d.classifier_scale:g}" if guided else ""
     return f"{d.steps} steps, CFG {d.cfg}{guided}"
 
 

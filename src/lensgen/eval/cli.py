@@ -112,8 +112,9 @@ class ImageKeeper:
         return path
 
 
-def _check_args(args) -> None:
-    """Everything checkable without the model, so a typo fails before the weights load."""
+def _check_args(args) -> float | None:
+    """Everything checkable without the model, so a typo fails before the weights load; returns the classifier
+    guidance scale the model samples with (None: no model, or one without a classifier)."""
     from lensgen.io import check_writable
 
     if args.n_per_prompt <= 0 or args.batch_size <= 0 or (args.limit is not None and args.limit <= 0):
@@ -131,9 +132,10 @@ def _check_args(args) -> None:
         defaults = read_defaults(args.model)
         defaults.resolve_size(*(parse_size(args.size) if args.size else (None, None)))
         defaults.sampling(args.steps, args.cfg, "--steps", "--cfg")
-        classifier_scale_for(args.model, defaults, args.classifier_scale)
-    elif args.classifier_scale is not None:
+        return classifier_scale_for(args.model, defaults, args.classifier_scale)
+    if args.classifier_scale is not None:
         raise UserError("--classifier-scale goes with --model")
+    return None
 
 
 def _eval_shapes(args) -> int:
@@ -145,10 +147,10 @@ def _eval_shapes(args) -> int:
     from lensgen.sizes import parse_size, validate_size
 
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
-    _check_args(args)
+    classifier_scale = _check_args(args)  # None: no model, or a model without a classifier
     specs = load_prompts(tasks, limit=args.limit)
     size = parse_size(args.size) if args.size else None
-    steps, cfg, classifier_scale = args.steps, args.cfg, None
+    steps, cfg = args.steps, args.cfg
     if args.codec and not args.ground_truth:
         raise UserError("--codec goes with --ground-truth (a model folder brings its own codec)")
     if args.model:
@@ -157,8 +159,6 @@ def _eval_shapes(args) -> int:
         pipe = LensPipeline.from_pretrained(args.model)
         h, w = size or (pipe.default_height, pipe.default_width)
         steps, cfg = pipe.defaults.sampling(steps, cfg)  # what it samples with, so the results say it
-        if pipe.classifier is not None:
-            classifier_scale = pipe.defaults.guidance_scale(args.classifier_scale, "--classifier-scale")
         generate = se.pipeline_generator(pipe, h, w, steps, cfg, classifier_scale)
         model, source = args.model, f"model {args.model}, {steps} steps, CFG {cfg:g}"
         if classifier_scale:

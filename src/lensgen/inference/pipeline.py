@@ -419,8 +419,8 @@ class LensPipeline:
         steps, cfg = self.defaults.sampling(steps, cfg)
         classifier_scale = self.defaults.guidance_scale(classifier_scale)
         if classifier_scale > 0 and self.classifier is None:
-            raise UserError(f"classifier_scale {classifier_scale:g}: {self.name} has no classifier ({CLASSIFIER_FOLDER}/ "
-                            "in its folder) to guide with")
+            raise UserError(f"classifier_scale {classifier_scale:g}: {self.name} has no classifier "
+                            f"({CLASSIFIER_FOLDER}/ in its folder) to guide with")
         seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
         if len(seeds) != len(prompts):
             raise UserError(f"{len(seeds)} seeds for {len(prompts)} prompts")
@@ -467,5 +467,5 @@ class LensPipeline:
 
 
 __all__ = ["DEFAULT_MODEL_DIR", "DEFAULT_STRENGTH", "LensPipeline", "PipelineDefaults", "check_device",
-           "check_sampling", "check_strength", "classifier_scale_for", "model_dir", "StartingPoint", "check_codec", "read_defaults",
-           "read_model_index", "shipped_models"]
+           "check_sampling", "check_strength", "classifier_scale_for", "model_dir", "StartingPoint", "check_codec",
+           "read_defaults", "read_model_index", "shipped_models"]

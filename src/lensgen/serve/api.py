@@ -141,8 +141,9 @@ class Service:
         return JSONResponse({
             "created": int(time.time()), "data": data, "model": req.model, "size": f"{req.width}x{req.height}",
             "output_format": "png",
-            "lensgen": {"steps": req.steps, "cfg": req.cfg, "classifier_scale": req.classifier_scale, "seed": req.seed,
-                        "negative_prompt": req.negative_prompt, "reasoner": req.reasoner, "reasoner_fallback": fallback, "seconds": round(seconds, 3)},
+            "lensgen": {"steps": req.steps, "cfg": req.cfg, "classifier_scale": req.classifier_scale,
+                        "seed": req.seed, "negative_prompt": req.negative_prompt, "reasoner": req.reasoner,
+                        "reasoner_fallback": fallback, "seconds": round(seconds, 3)},
         })
 
 

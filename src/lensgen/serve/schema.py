@@ -1,9 +1,9 @@
 """A generation request, checked field by field: every refusal names the field and says what is allowed.
 
 The body is the OpenAI Images API's (`prompt`, `model`, `n`, `size`, `response_format`), so existing
-clients work, plus lensgen's own fields (`steps`, `cfg`, `classifier_scale`, `seed`, `negative_prompt`, `reasoner`). OpenAI
-fields that do not apply here (`quality`, `style`, `user`, ...) are accepted and ignored; any other field
-is refused, so a typo such as `step` is not silently dropped.
+clients work, plus lensgen's own fields (`steps`, `cfg`, `classifier_scale`, `seed`, `negative_prompt`,
+`reasoner`). OpenAI fields that do not apply here (`quality`, `style`, `user`, ...) are accepted and ignored;
+any other field is refused, so a typo such as `step` is not silently dropped.
 """
 
 from __future__ import annotations
