@@ -2,6 +2,8 @@
 every 4xx with its message, the API key, 429 + Retry-After, the timeout, metrics, the page, shutdown."""
 
 import base64
+import copy
+import dataclasses
 import io
 import json
 import logging
@@ -118,6 +120,21 @@ def test_bad_input_gets_a_4xx_that_names_the_field_and_what_is_allowed(server, b
     assert r.status_code == status
     error = r.json()["error"]
     assert error["param"] == param and message in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_classifier_guidance_is_refused_up_front_for_a_model_without_a_classifier(pipelines):
+    plain = copy.copy(pipelines["shapes-tiny"])  # the same weights, no classifier/ folder
+    plain.classifier, plain.defaults = None, dataclasses.replace(plain.defaults, classifier_scale=0.0)
+    host = GatedHost({"shapes-tiny": pipelines["shapes-tiny"], "plain": plain})
+    host.gate.set()
+    with running(create_app(host, ServeConfig(max_wait_ms=0))) as (_, url):
+        r = post(url, {"prompt": "a red circle", "model": "plain", "classifier_scale": 5, **FAST})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "classifier_scale"
+        assert "'plain' has no classifier" in r.json()["error"]["message"]
+        assert host.calls == []  # refused before it queued
+        assert post(url, {"prompt": "a red circle", "model": "plain", **FAST}).status_code == 200  # its default: 0
+        assert post(url, {"prompt": "a red circle", "classifier_scale": 5, **FAST}).status_code == 200
+    assert len(host.calls) == 2
 
 
 def test_openai_client_and_api_key(pipelines, caplog):

@@ -106,7 +106,7 @@ class Service:
         start = time.monotonic()
         try:
             req = parse_request(await self.read_body(request), self.host.defaults, self.config,
-                                tuple(self.reasoners))
+                                tuple(self.reasoners), self.host.guided)
             async with asyncio.timeout(self.config.timeout_s):
                 rewrites = await run_in_threadpool(self.rewrite, req)
                 jobs = [ImageJob(req.prompt, r.text, req.negative_prompt, req.seed + i) for i, r in enumerate(rewrites)]

@@ -48,6 +48,11 @@ class ModelHost:
     def defaults(self) -> dict[str, PipelineDefaults]:
         return {name: pipe.defaults for name, pipe in self.pipelines.items()}
 
+    @property
+    def guided(self) -> frozenset[str]:
+        """The models with a classifier: the only ones a request may ask for classifier guidance."""
+        return frozenset(name for name, pipe in self.pipelines.items() if pipe.classifier is not None)
+
     def describe(self, name: str) -> dict:
         """What a client (the page) needs to offer this model's choices."""
         d = self.pipelines[name].defaults

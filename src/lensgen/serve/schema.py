@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,9 +77,10 @@ def _string(body: dict, name: str, default: str | None, limit: int) -> str | Non
 
 
 def parse_request(body: Any, models: dict[str, PipelineDefaults], config: ServeConfig,
-                  reasoners: tuple[str, ...]) -> GenerationRequest:
+                  reasoners: tuple[str, ...], guided: Collection[str]) -> GenerationRequest:
     """The checked request, or BadRequest. `models`: the served models' defaults by name, the first the
-    default; `reasoners`: the backends this server has."""
+    default; `reasoners`: the backends this server has; `guided`: the models with a classifier (only they take
+    a classifier_scale above 0)."""
     if not isinstance(body, dict):
         raise BadRequest(f'the body must be a JSON object such as {{"prompt": "a red circle"}}, got '
                          f"{type(body).__name__}")
@@ -116,6 +118,9 @@ def parse_request(body: Any, models: dict[str, PipelineDefaults], config: ServeC
             not math.isfinite(classifier_scale) or not 0 <= classifier_scale <= config.max_classifier_scale:
         raise BadRequest(f"classifier_scale must be a number from 0 to {config.max_classifier_scale:g} (0 = no "
                          f"classifier guidance), got {classifier_scale!r}", "classifier_scale")
+    if classifier_scale > 0 and model not in guided:
+        raise BadRequest(f"classifier_scale {classifier_scale:g}: model {model!r} has no classifier to guide with; "
+                         f"send 0 or leave it out", "classifier_scale")
     seed = _int(body, "seed", secrets.randbelow(2**31), 0, MAX_SEED - config.max_n)
     negative = _string(body, "negative_prompt", "", config.max_prompt_chars)
     reasoner = _string(body, "reasoner", config.reasoner, 32)
