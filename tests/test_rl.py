@@ -220,6 +220,24 @@ def test_shape_margin_benchmark_reads_true_shapes_right_and_fits_on_them(tmp_pat
     assert "read right" in capsys.readouterr().out
 
 
+def test_token_space_benchmark_builds_each_space_and_reads_every_shape_of_every_model(tmp_path):
+    """benchmarks/token_space.py: each token space gets the shapes-tiny transformer sized for its tokens (the
+    VAE's 16 values on 8x8 tokens, pixels' 192 on 8x8 or 48 on 16x16) that draws 64x64 images, and after
+    training every space has a row with every shape read."""
+    bench = _benchmark("token_space")
+    encoder = LensPipeline.from_pretrained("shapes-tiny-base").text_encoder
+    for space, channels, side in (("vae", 16, 2), ("pixel8", 192, 8), ("pixel4", 48, 4)):
+        pipe = bench.fresh_pipeline(space, encoder)
+        config = pipe.transformer.config
+        assert (config.in_channels, config.patch_size, pipe.codec.token_channels) == (channels, side, channels)
+        assert pipe(["a photo of a red star"], steps=2, seed=0)[0].size == (64, 64)
+    table = bench.main(["--spaces", "vae", "pixel4", "--steps", "2", "--images", "12", "--n", "1",
+                        "--json", str(tmp_path / "table.json"), "--threads", str(torch.get_num_threads())])
+    assert [(s, r["tokens"]) for s, r in table.items()] == [("vae", 64), ("pixel4", 256)]
+    assert all(sum(r["read_as"].values()) == 1 for row in table.values() for r in row["shapes"].values())
+    assert json.loads((tmp_path / "table.json").read_text()).keys() == table.keys()
+
+
 def test_sign_from_sigma_benchmark_reads_true_signs_and_starts_each_model_at_each_level(tiny_model):
     """benchmarks/sign_from_sigma.py: the true signs (training words only) read exactly, and every model gets a
     row per level, from the noised signs below 1 and from pure noise at 1."""
