@@ -109,6 +109,19 @@ def test_plan_command_lists_the_planners_text_encoder_modes():
     assert plan_cli.TEXT_ENCODER_MODES == planner.TEXT_ENCODER_MODES
 
 
+def test_planner_peak_memory_is_its_own_not_what_the_parent_held_when_it_forked():
+    """ru_maxrss survives exec, so a planner started from a large process (a test session) would report that
+    process's size as its own; the planner reads its own peak."""
+    code = ("import resource; from lensgen.train.planner import peak_rss_bytes; "
+            "print(peak_rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+    ballast = bytearray(1024**3)  # the parent holds 1 GiB when it forks the child
+    ballast[::4096] = b"\x01" * len(range(0, len(ballast), 4096))
+    own, inherited = map(int, subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True,
+                                             check=True).stdout.split())
+    del ballast
+    assert inherited > GIB and own < GIB / 2, (own, inherited)
+
+
 @pytest.mark.slow
 def test_plan_command_simulates_a_large_model_without_allocating_it(tmp_path):
     """lens-3.8b's width and GPT-OSS-20B's shape (one block, to keep the test short): planned peaks of many

@@ -28,6 +28,7 @@ import contextlib
 import functools
 import math
 import resource
+import sys
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -504,8 +505,19 @@ def make_plan(config: TrainConfig, world_size: int, gpu_mem_gib: float, resoluti
             plan.largest[(resolution, ckpt)] = confirmed
             if progress:
                 progress(resolution, ckpt, confirmed)
-    plan.host_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+    plan.host_rss_gib = peak_rss_bytes() / GIB
     return plan
+
+
+def peak_rss_bytes() -> int:
+    """This program's peak resident memory. /proc's VmHWM where there is one: `ru_maxrss` also counts what the
+    parent held when it forked us (kept across exec), so a planner started from a large process read as large."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, kB elsewhere
 
 
 # ---- real measurement (for the planner's test) ------------------------------------------------------
