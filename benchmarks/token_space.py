@@ -31,7 +31,7 @@ import torch
 
 from lensgen.inference.pipeline import LensPipeline, PipelineDefaults
 from lensgen.models.transformer import LensTransformer2DModel, preset
-from lensgen.models.vae import build_codec
+from lensgen.models.vae import PixelCodec, build_codec
 from lensgen.shapes import captions, render
 from lensgen.shapes.vocab import SHAPES
 
@@ -47,7 +47,7 @@ def fresh_pipeline(space: str, text_encoder, seed: int = 0) -> LensPipeline:
     """The shapes-tiny transformer, randomly initialised for `space`'s tokens, with CFG-free defaults."""
     codec = build_codec(SPACES[space])
     channels = codec.token_channels
-    per_side = int(round((channels / (3 if space.startswith("pixel") else 4)) ** 0.5))
+    per_side = codec.patch_size if isinstance(codec, PixelCodec) else codec.patch  # latent pixels per token side
     out = channels // (per_side * per_side)
     config = dataclasses.replace(preset("shapes-tiny"), patch_size=per_side, out_channels=out, in_channels=channels)
     torch.manual_seed(seed)
