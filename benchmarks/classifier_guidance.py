@@ -78,9 +78,8 @@ def judge_agreement(pipe: LensPipeline, records: list, scale: float, n_per_promp
     for i in range(0, len(jobs), batch_size):
         prompts, seeds = zip(*jobs[i:i + batch_size])
         images = pipe(list(prompts), seed=list(seeds), classifier_scale=scale)
-        pixels = torch.stack([image_to_tensor(im) for im in images]).to(pipe.codec.dtype)
+        latents = pipe.codec.encode(torch.stack([image_to_tensor(im) for im in images]))  # casts, no grad
         with torch.no_grad():
-            latents = pipe.codec.encode(pixels).float()
             counts = pipe.classifier(latents, torch.full((len(latents),), sigma)).counts.softmax(-1)
         for k, (prompt, image) in enumerate(zip(prompts, images)):
             rubric, detection = prompt_rubric(prompt), detect(image)

@@ -21,7 +21,7 @@ import random
 import numpy as np
 import torch
 
-from lensgen.images import image_to_tensor, to_pil
+from lensgen.eval.shapes import codec_round_trip
 from lensgen.inference.pipeline import LensPipeline
 from lensgen.shapes.heldout import TRAIN_WORDS
 from lensgen.shapes.judge import detect
@@ -68,10 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
     table = {"true signs": read(images, words)}
     for model in args.models:
         pipe = LensPipeline.from_pretrained(model, device="cpu")
-        with torch.no_grad():  # the ceiling of any model in this latent space
-            codec = pipe.codec
-            pixels = torch.stack([image_to_tensor(im) for im in images]).to(codec.dtype)
-            table[f"true signs through {model}'s VAE"] = read(to_pil(codec.decode(codec.encode(pixels))), words)
+        through = codec_round_trip(lambda *_: images, pipe.codec)(prompts, [])  # the latent space's ceiling
+        table[f"true signs through {model}'s VAE"] = read(through, words)
         for level in args.levels:
             out = []
             for i in range(0, len(words), args.batch_size):
