@@ -10,6 +10,7 @@ from lensgen.config import apply_override, load_config, section_overrides
 from lensgen.data.caption.config import CaptionConfig
 from lensgen.data.curate.config import CurateConfig
 from lensgen.errors import UserError
+from lensgen.rl.config import RLConfig
 from lensgen.train.config import TrainConfig
 from lensgen.train.shapes_vae import VAETrainConfig
 
@@ -37,6 +38,7 @@ def test_override_syntax_sets_yaml_values_and_creates_sections():
 @pytest.mark.parametrize("cls,path", [
     (TrainConfig, "shapes-tiny.yaml"), (TrainConfig, "lens-3.8b.yaml"), (VAETrainConfig, "shapes-vae.yaml"),
     (CurateConfig, "curate-default.yaml"), (CaptionConfig, "caption-example.yaml"),
+    (RLConfig, "rl-shapes.yaml"), (RLConfig, "rl-backprop-shapes.yaml"),
 ])
 def test_every_shipped_config_loads_and_takes_overrides(cls, path):
     config = load_config(cls, CONFIGS / path)

@@ -25,6 +25,7 @@ from lensgen.models.latent_classifier import LatentClassifier, LatentClassifierC
 from lensgen.models.text_encoder import build_text_encoder
 from lensgen.models.transformer import LensTransformer2DModel, preset
 from lensgen.models.vae import build_codec
+from lensgen.rl.backprop import RewardBackpropTrainer, shape_prompt
 from lensgen.rl.batches import plan_jobs
 from lensgen.rl.config import load_rl_config
 from lensgen.rl.ptx import PretrainAnchor
@@ -176,6 +177,51 @@ def test_ptx_settings_are_checked(tmp_path, tiny_model, prompts):
     with pytest.raises(UserError, match="ptx.source"):
         config(tmp_path, tiny_model, prompts, "bad", 1, "ptx.weight=1", "ptx.source=web")
     assert NFTTrainer(config(tmp_path, tiny_model, prompts, "off", 1), progress=False).ptx is None
+
+
+BACKPROP = ["optim.objective=backprop", "data.images_per_prompt=1", "data.prompts_per_step=3", "optim.kl_weight=0.1",
+            "optim.ema_decay=0", "optim.lr=1e-4"]
+
+
+def test_reward_backprop_resumes_exactly_and_trains_on_the_shape_prompts_only(tmp_path, prompts):
+    straight = RewardBackpropTrainer(config(tmp_path, SHIPPED, prompts, "straight", 2, *BACKPROP), progress=False)
+    assert all(shape_prompt(p) for p in straight.prompts)
+    assert len(straight.prompts) < len(load_rl_prompts(prompts))  # the file's sign prompts are left out
+    straight.run()
+    RewardBackpropTrainer(config(tmp_path, SHIPPED, prompts, "split", 1, *BACKPROP), progress=False).run()
+    RewardBackpropTrainer(config(tmp_path, SHIPPED, prompts, "split", 2, *BACKPROP), resume=True,
+                          progress=False).run()
+    a, b = lines(tmp_path / "straight"), lines(tmp_path / "split")
+    assert [m["step"] for m in b] == [1, 2]
+    for key in ("reward_mean", "read_right", "colour_right", "kl", "grad_norm"):
+        assert [m[key] for m in b] == pytest.approx([m[key] for m in a], rel=1e-5, abs=1e-7, nan_ok=True), key
+    # the shipped model draws objects, so the margins have a gradient; the pull is 0 until the policy moves
+    assert a[0]["matched_share"] > 0 and all(m["grad_norm"] > 0 for m in a)
+    assert a[0]["kl"] == 0 and a[1]["kl"] > 0
+    start = LensTransformer2DModel.from_pretrained(SHIPPED / "transformer").state_dict()
+    trained = LensTransformer2DModel.from_pretrained(tmp_path / "straight" / "final" / "transformer").state_dict()
+    assert any(not torch.equal(start[k], trained[k]) for k in start)
+    index = json.loads((tmp_path / "straight" / "final" / "model_index.json").read_text())
+    assert index["name"].endswith("reward backprop step 2") and index["lensgen"]["cfg"] == 1.0
+
+
+def test_reward_backprop_settings_are_checked(tmp_path, tiny_model, prompts):
+    with pytest.raises(UserError, match="data.images_per_prompt.*at least 2"):
+        config(tmp_path, tiny_model, prompts, "bad", 1, "data.images_per_prompt=1")
+    with pytest.raises(UserError, match="optim.objective.*nft or backprop"):
+        config(tmp_path, tiny_model, prompts, "bad", 1, "optim.objective=ppo")
+    with pytest.raises(UserError, match="optim.kl_guidance"):
+        config(tmp_path, tiny_model, prompts, "bad", 1, *BACKPROP, "optim.kl_guidance=3")
+    with pytest.raises(UserError, match="backprop.colour_weight"):
+        config(tmp_path, tiny_model, prompts, "bad", 1, *BACKPROP, "backprop.colour_weight=-1")
+    with pytest.raises(UserError, match="backprop.grad_below"):
+        config(tmp_path, tiny_model, prompts, "bad", 1, *BACKPROP, "backprop.grad_below=0")
+    with pytest.raises(UserError, match="model.lora_rank"):
+        config(tmp_path, tiny_model, prompts, "bad", 1, *BACKPROP, "model.lora_rank=4")
+    signs = tmp_path / "signs.jsonl"
+    write_rl_prompts(signs, [p for p in load_rl_prompts(prompts) if not shape_prompt(p)], {"mode": "shapes"})
+    with pytest.raises(UserError, match="no prompt asks for a shape"):
+        RewardBackpropTrainer(config(tmp_path, tiny_model, signs, "signs", 1, *BACKPROP), progress=False)
 
 
 def _benchmark(name: str):

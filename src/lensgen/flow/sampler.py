@@ -57,6 +57,10 @@ def euler_sample(
     progress: bool = False,
 ) -> torch.Tensor:
     """Integrate from sigmas[0] (noise) to sigmas[-1] (0: clean). noise (B, N, C)."""
+    return _euler(velocity_fn, noise, sigmas, progress)
+
+
+def _euler(velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, progress: bool) -> torch.Tensor:
     x = noise
     batch = x.shape[0]
     steps = range(len(sigmas) - 1)
@@ -75,6 +79,10 @@ def dpm_solver_2m_sample(
     progress: bool = False,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) from sigmas[0] to sigmas[-1] (0: clean), in the data prediction x0 = x - sigma v."""
+    return _dpm2(velocity_fn, noise, sigmas, progress)
+
+
+def _dpm2(velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, progress: bool) -> torch.Tensor:
     x = noise
     batch = x.shape[0]
     x0_prev, h_prev = None, None
@@ -103,9 +111,17 @@ def _log_snr(sigma: float) -> float:
 
 def sample(velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, solver: str = "euler",
            progress: bool = False) -> torch.Tensor:
-    """Integrate with the named deterministic solver (`SOLVERS`)."""
+    """Integrate with the named deterministic solver (`SOLVERS`), without gradient."""
+    with torch.no_grad():
+        return integrate(velocity_fn, noise, sigmas, solver, progress)
+
+
+def integrate(velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, solver: str = "euler",
+              progress: bool = False) -> torch.Tensor:
+    """`sample` under the caller's grad mode: with gradient enabled, the result is differentiable through every
+    step whose velocity is (reward backpropagation, `lensgen.rl.backprop`)."""
     if solver == "euler":
-        return euler_sample(velocity_fn, noise, sigmas, progress)
+        return _euler(velocity_fn, noise, sigmas, progress)
     if solver == "dpm2":
-        return dpm_solver_2m_sample(velocity_fn, noise, sigmas, progress)
+        return _dpm2(velocity_fn, noise, sigmas, progress)
     raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")

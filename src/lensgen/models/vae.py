@@ -77,6 +77,11 @@ class LatentCodec(FrozenModule):
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Normalised tokens -> (B, 3, H, W) in [-1, 1], float32."""
+        with torch.no_grad():
+            return self.decode_with_grad(tokens)
+
+    def decode_with_grad(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`decode` under the caller's grad mode: images differentiable in the tokens (reward backpropagation)."""
         raise NotImplementedError
 
     @classmethod
@@ -103,8 +108,7 @@ class PixelCodec(LatentCodec):
         self._check_images(images)
         return patchify(images.float(), self.patch_size)
 
-    @torch.no_grad()
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+    def decode_with_grad(self, tokens: torch.Tensor) -> torch.Tensor:
         self._check_tokens(tokens)
         return unpatchify(tokens.float(), self.patch_size).clamp(-1, 1)
 
@@ -178,8 +182,7 @@ class Flux2VAECodec(LatentCodec):
         """Tokens (B, C, h, w), normalised and patchified -> the latents the VAE's decoder takes."""
         return unpatchify(self.denormalize(tokens), self.patch)
 
-    @torch.no_grad()
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+    def decode_with_grad(self, tokens: torch.Tensor) -> torch.Tensor:
         self._check_tokens(tokens)
         z = self.vae_latents(tokens)
         vae_dtype = next(self.vae.parameters()).dtype

@@ -17,11 +17,14 @@ with --resume) and OUT/final, a pipeline folder that samples CFG-free."""
 
 
 def cmd_rl(args: argparse.Namespace) -> int:
+    from lensgen.rl.backprop import RewardBackpropTrainer
     from lensgen.rl.config import load_rl_config
     from lensgen.rl.trainer import NFTTrainer
     from lensgen.train.cli import config_overrides, run_trainer
 
-    summary = run_trainer(NFTTrainer, load_rl_config(args.config, config_overrides(args)), args)
+    config = load_rl_config(args.config, config_overrides(args))
+    trainer = RewardBackpropTrainer if config.optim.objective == "backprop" else NFTTrainer
+    summary = run_trainer(trainer, config, args)
     if summary.get("export"):
         reward = summary["final"].get("reward_mean")
         reward = f"{reward:.3f}" if reward is not None else "not logged"

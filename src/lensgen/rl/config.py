@@ -64,8 +64,14 @@ class RLRewardConfig:
     shape_credit: str = "fixed"
 
 
+OBJECTIVES = ("nft", "backprop")
+
+
 @dataclass
 class RLOptimConfig:
+    # nft: DiffusionNFT on the rewards of collected images; backprop: reward backpropagation, the judge's shape
+    # margins differentiated through the decoder and the sampling chain into the policy (rl/backprop.py)
+    objective: str = "nft"
     steps: int = 200  # RL steps (one collection + optim.updates_per_step optimiser steps each)
     lr: float = 3e-5
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -107,6 +113,19 @@ class RLPtxConfig:
 
 
 @dataclass
+class RLBackpropConfig:
+    """Reward backpropagation (optim.objective: backprop, `rl/backprop.py`)."""
+
+    # a matched object's margin over the best other shape, in units of how far the judge holds the asked shape
+    # from its nearest other, counts up to this and no further: a shape read right is not pushed on
+    margin_cap: float = 0.5
+    # the weight of an object's colour margin (where the prompt asks its colour) beside its shape margin
+    colour_weight: float = 1.0
+    # gradient through the sampling steps at noise levels up to this one (1: the whole chain)
+    grad_below: float = 1.0
+
+
+@dataclass
 class RLSystemConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
@@ -144,18 +163,21 @@ class RLConfig(Validated):
     reward: RLRewardConfig = field(default_factory=RLRewardConfig)
     optim: RLOptimConfig = field(default_factory=RLOptimConfig)
     ptx: RLPtxConfig = field(default_factory=RLPtxConfig)
+    backprop: RLBackpropConfig = field(default_factory=RLBackpropConfig)
     system: RLSystemConfig = field(default_factory=RLSystemConfig)
     log: RLLogConfig = field(default_factory=RLLogConfig)
     checkpoint: RLCheckpointConfig = field(default_factory=RLCheckpointConfig)
 
     def checks(self) -> list[tuple[bool, str, str]]:
         d, s, o = self.data, self.sample, self.optim
+        backprop = o.objective == "backprop"
         table = BucketTable(d.bases, d.multiple).sizes() if d.bases and all(b > 0 for b in d.bases) else {}
         return [
             (self.model.lora_rank >= 0, "model.lora_rank", "0 (full fine-tuning) or a positive rank"),
             (0 < d.fraction <= 1, "data.fraction", "a fraction in (0, 1]"),
             (d.prompts_per_step >= 1, "data.prompts_per_step", "a positive integer"),
-            (d.images_per_prompt >= 2, "data.images_per_prompt", "at least 2 (advantages compare a group)"),
+            (d.images_per_prompt >= (1 if backprop else 2), "data.images_per_prompt",
+             "at least 1" if backprop else "at least 2 (advantages compare a group)"),
             (1 <= d.buckets_per_prompt <= d.images_per_prompt, "data.buckets_per_prompt",
              "between 1 and data.images_per_prompt"),
             (bool(d.bases) and all(b > 0 for b in d.bases), "data.bases", "positive sizes"),
@@ -170,6 +192,17 @@ class RLConfig(Validated):
             (s.train_levels >= 0, "sample.train_levels", "0 (every level) or a positive count"),
             (bool(self.reward.weights), "reward.weights", "at least one reward, e.g. {rubric: 1.0}"),
             (self.reward.shape_credit in SHAPE_CREDITS, "reward.shape_credit", " or ".join(SHAPE_CREDITS)),
+            (o.objective in OBJECTIVES, "optim.objective", " or ".join(OBJECTIVES)),
+            (self.backprop.margin_cap > 0, "backprop.margin_cap", "a positive number"),
+            (self.backprop.colour_weight >= 0, "backprop.colour_weight", "a number >= 0 (0: shapes only)"),
+            (0 < self.backprop.grad_below <= 1, "backprop.grad_below", "a noise level in (0, 1]"),
+            (not backprop or (o.kl_guidance == 1 and not o.kl_classifier), "optim.kl_guidance",
+             "1 and no optim.kl_classifier with optim.objective backprop (its pull is the reference's own velocity)"),
+            (not backprop or s.classifier_scale == 0, "sample.classifier_scale",
+             "0 with optim.objective backprop (the policy samples alone)"),
+            (not backprop or self.ptx.weight == 0, "ptx.weight", "0 with optim.objective backprop"),
+            (not backprop or self.model.lora_rank == 0, "model.lora_rank",
+             "0 with optim.objective backprop (full fine-tuning)"),
             (o.steps >= 1, "optim.steps", "a positive integer"),
             (o.lr > 0, "optim.lr", "a positive number"),
             (len(o.betas) == 2, "optim.betas", "two numbers"),

@@ -62,6 +62,8 @@ class Sample:
 class NFTTrainer:
     """One RL run, built from the config, then `run()`."""
 
+    stage_name = "NFT"  # how the exported model's name says what trained it
+
     def __init__(self, config: RLConfig, resume: bool = False, progress: bool = True):
         self.cfg = config
         self.info, self.out, self.progress, self.bf16 = start_run(config.system, config.out_dir, config.optim.seed,
@@ -363,7 +365,7 @@ class NFTTrainer:
                     for k, v in last.items():
                         if isinstance(v, int | float) and k != "step":
                             self.writer.add_scalar(k, v, self.step)
-                bar.set_postfix(reward=f"{last['reward_mean']:.3f}", zero=f"{last['zero_variance_groups']:.2f}")
+                bar.set_postfix(self.postfix(last))
             bar.update(1)
             if self.step % cfg.checkpoint.every == 0 or self.step == cfg.optim.steps:
                 self.save()
@@ -387,6 +389,10 @@ class NFTTrainer:
             if self.writer:
                 self.writer.close()
         return summary
+
+    def postfix(self, metrics: dict) -> dict[str, str]:
+        """What the progress bar shows of a step's metrics."""
+        return {"reward": f"{metrics['reward_mean']:.3f}", "zero": f"{metrics['zero_variance_groups']:.2f}"}
 
     def write_rank_report(self) -> None:
         """Each rank's view of the final weights (a collective under FSDP): ranks must agree exactly."""
@@ -423,7 +429,7 @@ class NFTTrainer:
                                        "steps": self.cfg.checkpoint.export_steps,
                                        "classifier_scale": 0.0})  # the start's classifier/ is not carried over
         return LensPipeline(model, self.codec, self.text_encoder, defaults,
-                            name=f"{self.base_name} + NFT step {self.step}")
+                            name=f"{self.base_name} + {self.stage_name} step {self.step}")
 
     def evaluate(self) -> dict:
         """Held-out ShapesEval on a fixed subset with the EMA model, CFG-free (rank 0; the others wait)."""

@@ -32,9 +32,9 @@ CORE_DISTANCE = 60.0  # a real object has a solid core well beyond the threshold
 MIN_SCORE = 0.85  # template cosine below this: a malformed blob, not a recognisable shape
 # RGB -> YCbCr with chroma down-weighted: JPEG and video codecs keep luma sharp but blur chroma,
 # so alphas (hence shapes) lean on luma where it has contrast.
-_METRIC = (np.array([[0.299, 0.587, 0.114], [-0.169, -0.331, 0.5], [0.5, -0.419, -0.081]], np.float32).T
-           * np.array([1.0, 0.5, 0.5], np.float32))
-_PALETTE = np.array([COLOURS[c] for c in COLOUR_NAMES], dtype=np.float32)
+METRIC = (np.array([[0.299, 0.587, 0.114], [-0.169, -0.331, 0.5], [0.5, -0.419, -0.081]], np.float32).T
+          * np.array([1.0, 0.5, 0.5], np.float32))
+PALETTE = np.array([COLOURS[c] for c in COLOUR_NAMES], dtype=np.float32)
 
 
 @dataclass
@@ -126,14 +126,14 @@ def fit_background(img: np.ndarray) -> np.ndarray | None:
 
 def _alphas(pix: np.ndarray, bg: np.ndarray, colours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Alpha of each pixel as a mix of each colour over the background (K, n), and the residuals (K, n)."""
-    diff = (pix - bg) @ _METRIC  # (n, 3), in luma-weighted YCbCr
-    d = (colours[:, None, :] - bg[None]) @ _METRIC  # (K, n, 3)
+    diff = (pix - bg) @ METRIC  # (n, 3), in luma-weighted YCbCr
+    d = (colours[:, None, :] - bg[None]) @ METRIC  # (K, n, 3)
     a = np.clip((d * diff[None]).sum(-1) / np.maximum((d * d).sum(-1), 1.0), 0.0, 1.0)
     resid = ((diff[None] - a[..., None] * d) ** 2).sum(-1)
     return a, resid
 
 
-def _fit_colour(pix: np.ndarray, bg: np.ndarray) -> tuple[int, np.ndarray]:
+def fit_colour(pix: np.ndarray, bg: np.ndarray) -> tuple[int, np.ndarray]:
     """Palette index best explaining pixels as alpha-mixes of colour and background, and all pixels' alphas.
 
     Residuals are weighted by distance from the background, so pure object pixels decide; the choice
@@ -141,10 +141,10 @@ def _fit_colour(pix: np.ndarray, bg: np.ndarray) -> tuple[int, np.ndarray]:
     """
     step = max(1, pix.shape[0] // 1500)
     sub, subbg = pix[::step], bg[::step]
-    _, resid = _alphas(sub, subbg, _PALETTE)
+    _, resid = _alphas(sub, subbg, PALETTE)
     weight = np.sqrt(((sub - subbg) ** 2).sum(1))
     k = int(np.argmin((resid * weight[None]).sum(1)))
-    a, _ = _alphas(pix, bg, _PALETTE[k : k + 1])
+    a, _ = _alphas(pix, bg, PALETTE[k : k + 1])
     return k, a[0]
 
 
@@ -156,45 +156,77 @@ def _is_sign(region: np.ndarray, crop: np.ndarray, w: int, h: int, area: int) ->
     return white.mean() > 0.2  # small signs with long words are mostly letters
 
 
-def detect(image: Image.Image | np.ndarray, ocr: bool = False, read_unsigned: bool = True) -> Detection:
-    """Read an image into a Detection; `ocr=True` also reads sign text (~0.04 s a sign; without a sign found,
-    the whole image is read, ~0.5 s, unless `read_unsigned` is False: then no sign reads as no text)."""
-    img = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
+@dataclass
+class Region:
+    """One candidate object of the segmentation: its connected component and the pixels its colour is fitted on."""
+
+    box: tuple[int, int, int, int]  # x, y, width, height of the component
+    area: int  # pixels of the component
+    window: tuple[int, int, int, int]  # x0, y0, x1, y1: the box grown by 2 px, clipped to the image
+    own: np.ndarray  # (y1 - y0, x1 - x0) bool: the component's pixels in the window
+    region: np.ndarray  # the same grown by one pixel (edges included), without other components' pixels
+
+
+def segment(img: np.ndarray) -> tuple[np.ndarray | None, list[Region], int]:
+    """Steps 1-2 of `detect` on an (H, W, 3) float image: the background surface (None if too little of it is
+    visible), the candidate objects (signs still among them) and the count of foreground fragments."""
     h, w, _ = img.shape
-    det = Detection(h, w)
     bg = fit_background(img)
     if bg is None:
-        det.background_ok = False
-        if ocr:
-            det.text = _read(image, None) if read_unsigned else ""
-        return det
+        return None, [], 0
     dist = np.sqrt(((img - bg) ** 2).sum(2))
     fg = (dist > FG_THRESHOLD).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
     short = min(h, w)
     min_area = max(8, int(0.004 * short * short))
     kernel = np.ones((3, 3), np.uint8)
+    regions, fragments = [], 0
     for k in range(1, n):
         x, y, bw, bh, area = (int(v) for v in stats[k])
         if area < min_area:
-            det.fragments += area >= 3
+            fragments += area >= 3
             continue
         if area > 0.6 * h * w:
             continue
         x0, y0, x1, y1 = max(0, x - 2), max(0, y - 2), min(w, x + bw + 2), min(h, y + bh + 2)
         lab = labels[y0:y1, x0:x1]
-        own = (lab == k).astype(np.uint8)
-        if np.percentile(dist[y0:y1, x0:x1][own.astype(bool)], 75) < CORE_DISTANCE:
-            det.fragments += 1  # a cluster of noise just over the threshold: no solid core
+        own = lab == k
+        if np.percentile(dist[y0:y1, x0:x1][own], 75) < CORE_DISTANCE:
+            fragments += 1  # a cluster of noise just over the threshold: no solid core
             continue
-        region = cv2.dilate(own, kernel).astype(bool) & ((lab == 0) | (lab == k))
-        crop, bgc = img[y0:y1, x0:x1], bg[y0:y1, x0:x1]
-        if _is_sign(own.astype(bool), crop, bw, bh, area):
+        region = cv2.dilate(own.astype(np.uint8), kernel).astype(bool) & ((lab == 0) | (lab == k))
+        regions.append(Region((x, y, bw, bh), area, (x0, y0, x1, y1), own, region))
+    return bg, regions, fragments
+
+
+def is_sign(img: np.ndarray, r: Region) -> bool:
+    """Whether a candidate object is a sign (a white, wide, full rectangle) rather than a shape."""
+    x0, y0, x1, y1 = r.window
+    return _is_sign(r.own, img[y0:y1, x0:x1], r.box[2], r.box[3], r.area)
+
+
+def detect(image: Image.Image | np.ndarray, ocr: bool = False, read_unsigned: bool = True) -> Detection:
+    """Read an image into a Detection; `ocr=True` also reads sign text (~0.04 s a sign; without a sign found,
+    the whole image is read, ~0.5 s, unless `read_unsigned` is False: then no sign reads as no text)."""
+    img = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
+    h, w, _ = img.shape
+    det = Detection(h, w)
+    bg, regions, det.fragments = segment(img)
+    if bg is None:
+        det.background_ok = False
+        if ocr:
+            det.text = _read(image, None) if read_unsigned else ""
+        return det
+    for r in regions:
+        x, y, bw, bh = r.box
+        x0, y0, x1, y1 = r.window
+        if is_sign(img, r):
             det.signs.append((float(x), float(y), float(x + bw), float(y + bh)))
             continue
-        ci, a = _fit_colour(crop[region], bgc[region])
-        alpha = np.zeros(region.shape, np.float32)
-        alpha[region] = a
+        crop, bgc = img[y0:y1, x0:x1], bg[y0:y1, x0:x1]
+        ci, a = fit_colour(crop[r.region], bgc[r.region])
+        alpha = np.zeros(r.region.shape, np.float32)
+        alpha[r.region] = a
         match = classify(alpha)
         if match is None:
             continue
