@@ -21,7 +21,7 @@ import torch
 
 from lensgen.errors import UserError
 from lensgen.flow.sampler import integrate
-from lensgen.rl.batches import by_bucket, noise_seed, plan_jobs
+from lensgen.rl.batches import by_bucket, plan_jobs
 from lensgen.rl.trainer import NFTTrainer
 from lensgen.shapes.soft_judge import asked_objects, margin_reward, match_objects, soft_objects
 from lensgen.train.parallel import full_tensor
@@ -47,14 +47,8 @@ class RewardBackpropTrainer(NFTTrainer):
                          o.seed, self.step, self.bucket_choices)
         rewards, shape_margins, colour_margins, gaps, matched = [], [], [], [], 0
         for batch in by_bucket(jobs, lambda j: j.bucket, cfg.sample.batch_size):
-            bucket = self.table[batch[0].bucket]
-            f = self.codec.spatial_factor
-            grid = (bucket.height // f, bucket.width // f)
+            grid, noise = self.starting_noise(batch)
             feats, mask = self._features([self.prompts[j.prompt].prompt for j in batch])
-            noise = torch.stack([torch.randn(grid[0] * grid[1], self.codec.token_channels,
-                                             generator=torch.Generator().manual_seed(
-                                                 noise_seed(o.seed, self.step, j.slot, j.index)))
-                                 for j in batch]).to(self.device)
             batch_gaps: list[torch.Tensor] = []
 
             def velocity(x, sigma, feats=feats, mask=mask, grid=grid, batch_gaps=batch_gaps):

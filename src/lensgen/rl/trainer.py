@@ -146,6 +146,18 @@ class NFTTrainer:
     def _dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.bf16 else torch.float32
 
+    def starting_noise(self, batch: list[Job]) -> tuple[tuple[int, int], torch.Tensor]:
+        """The token grid of a batch's bucket (one per batch) and each job's seeded starting noise: the same
+        images on any world size and after a resume."""
+        bucket = self.table[batch[0].bucket]
+        f = self.codec.spatial_factor
+        grid = (bucket.height // f, bucket.width // f)
+        noise = torch.stack([torch.randn(grid[0] * grid[1], self.codec.token_channels,
+                                         generator=torch.Generator().manual_seed(
+                                             noise_seed(self.cfg.optim.seed, self.step, j.slot, j.index)))
+                             for j in batch])
+        return grid, noise.to(self.device)
+
     @torch.no_grad()
     def collect(self, jobs: list[Job]) -> list[Sample]:
         """Sample this rank's jobs with the old policy (one size per sampler call) and score them; the
@@ -154,15 +166,9 @@ class NFTTrainer:
         samples: list[Sample] = []
         pending: list[tuple[list[Sample], object]] = []
         for batch in _padded(by_bucket(jobs, lambda j: j.bucket, cfg.sample.batch_size), self.info):
-            bucket = self.table[batch[0].bucket]
-            f = self.codec.spatial_factor
-            grid = (bucket.height // f, bucket.width // f)
+            grid, noise = self.starting_noise(batch)
             texts = [self.prompts[j.prompt].prompt for j in batch]
             feats, mask = self._features(texts)
-            noise = torch.stack([torch.randn(grid[0] * grid[1], self.codec.token_channels,
-                                             generator=torch.Generator().manual_seed(
-                                                 noise_seed(cfg.optim.seed, self.step, j.slot, j.index)))
-                                 for j in batch]).to(self.device)
 
             def velocity(x, sigma, feats=feats, mask=mask, grid=grid):
                 with self.autocast:

@@ -23,23 +23,29 @@ from lensgen.shapes.shapefit import AREA_SIDE, GRID, template_distance, template
 from lensgen.shapes.vocab import COLOUR_NAMES, SHAPES
 
 
+def _mixes(pixels: torch.Tensor, background: torch.Tensor, colours: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """judge._alphas in torch: each pixel (n, 3) as a mix of each colour (K, 3) over the background, its alpha
+    (K, n) and the squared residual of that mix (K, n), in the judge's luma-weighted metric."""
+    metric = torch.from_numpy(METRIC).to(pixels)
+    diff = (pixels - background) @ metric
+    d = (colours[:, None, :] - background[None]) @ metric
+    a = ((d * diff[None]).sum(-1) / (d * d).sum(-1).clamp(min=1.0)).clamp(0.0, 1.0)
+    return a, (diff[None] - a[..., None] * d).square().sum(-1)
+
+
 def soft_alpha(pixels: torch.Tensor, background: torch.Tensor, colour: int) -> torch.Tensor:
     """Each pixel (..., 3, in 0-255) as a mix of palette colour `colour` over the background, in [0, 1]."""
-    metric, palette = torch.from_numpy(METRIC).to(pixels), torch.from_numpy(PALETTE).to(pixels)
-    diff = (pixels - background) @ metric
-    d = (palette[colour] - background) @ metric
-    return ((d * diff).sum(-1) / (d * d).sum(-1).clamp(min=1.0)).clamp(0.0, 1.0)
+    palette = torch.from_numpy(PALETTE).to(pixels)
+    shape = pixels.shape[:-1]
+    alpha, _ = _mixes(pixels.reshape(-1, 3), background.reshape(-1, 3), palette[colour:colour + 1])
+    return alpha[0].reshape(shape)
 
 
 def colour_residuals(pixels: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
     """(len(PALETTE),) how badly each palette colour explains the pixels (n, 3) as mixes with the background:
     the judge's `fit_colour` criterion (residuals weighted by distance from the background), whose smallest
     entry is the colour the judge names. Differentiable in the pixels."""
-    metric, palette = torch.from_numpy(METRIC).to(pixels), torch.from_numpy(PALETTE).to(pixels)
-    diff = (pixels - background) @ metric
-    d = (palette[:, None, :] - background[None]) @ metric
-    a = ((d * diff[None]).sum(-1) / (d * d).sum(-1).clamp(min=1.0)).clamp(0.0, 1.0)
-    resid = (diff[None] - a[..., None] * d).square().sum(-1)
+    _, resid = _mixes(pixels, background, torch.from_numpy(PALETTE).to(pixels))
     weight = (pixels - background).square().sum(1).clamp(min=1e-12).sqrt()
     return (resid * weight[None]).sum(1)
 
