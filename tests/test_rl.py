@@ -25,7 +25,7 @@ from lensgen.models.latent_classifier import LatentClassifier, LatentClassifierC
 from lensgen.models.text_encoder import build_text_encoder
 from lensgen.models.transformer import LensTransformer2DModel, preset
 from lensgen.models.vae import build_codec
-from lensgen.rl.backprop import RewardBackpropTrainer, shape_prompt
+from lensgen.rl.backprop import RewardBackpropTrainer, asked_word, learnable_prompt
 from lensgen.rl.batches import plan_jobs
 from lensgen.rl.config import load_rl_config
 from lensgen.rl.ptx import PretrainAnchor
@@ -185,7 +185,7 @@ BACKPROP = ["optim.objective=backprop", "data.images_per_prompt=1", "data.prompt
 
 def test_reward_backprop_resumes_exactly_and_trains_on_the_shape_prompts_only(tmp_path, prompts):
     straight = RewardBackpropTrainer(config(tmp_path, SHIPPED, prompts, "straight", 2, *BACKPROP), progress=False)
-    assert all(shape_prompt(p) for p in straight.prompts)
+    assert all(learnable_prompt(p, text=False) and asked_word(p) is None for p in straight.prompts)
     assert len(straight.prompts) < len(load_rl_prompts(prompts))  # the file's sign prompts are left out
     straight.run()
     RewardBackpropTrainer(config(tmp_path, SHIPPED, prompts, "split", 1, *BACKPROP), progress=False).run()
@@ -218,10 +218,32 @@ def test_reward_backprop_settings_are_checked(tmp_path, tiny_model, prompts):
         config(tmp_path, tiny_model, prompts, "bad", 1, *BACKPROP, "backprop.grad_below=0")
     with pytest.raises(UserError, match="model.lora_rank"):
         config(tmp_path, tiny_model, prompts, "bad", 1, *BACKPROP, "model.lora_rank=4")
+    with pytest.raises(UserError, match="backprop.text_cap"):
+        config(tmp_path, tiny_model, prompts, "bad", 1, *BACKPROP, "backprop.text_cap=1")
+    with pytest.raises(UserError, match="no prompt asks for a shape without a sign"):
+        RewardBackpropTrainer(config(tmp_path, tiny_model, _sign_prompts(tmp_path, prompts), "signs", 1, *BACKPROP),
+                              progress=False)
+
+
+def _sign_prompts(tmp_path, prompts):
+    """The prompts of the file that ask for a sign's word."""
     signs = tmp_path / "signs.jsonl"
-    write_rl_prompts(signs, [p for p in load_rl_prompts(prompts) if not shape_prompt(p)], {"mode": "shapes"})
-    with pytest.raises(UserError, match="no prompt asks for a shape"):
-        RewardBackpropTrainer(config(tmp_path, tiny_model, signs, "signs", 1, *BACKPROP), progress=False)
+    write_rl_prompts(signs, [p for p in load_rl_prompts(prompts) if asked_word(p)], {"mode": "shapes"})
+    return signs
+
+
+def test_reward_backprop_learns_a_signs_word_with_text_weight(tmp_path, prompts):
+    """With backprop.text_weight the sign prompts count: the OCR's log-likelihood of the asked word is the
+    reward (the shipped model draws signs), its gradient reaches the weights and moves them."""
+    run = RewardBackpropTrainer(config(tmp_path, SHIPPED, _sign_prompts(tmp_path, prompts), "signs", 1, *BACKPROP,
+                                       "backprop.text_weight=0.1", "data.prompts_per_step=2"), progress=False)
+    assert run.words and all(run.words)
+    run.run()
+    (m,) = lines(tmp_path / "signs")
+    assert m["word_log_likelihood"] < 0 and 0 <= m["word_read"] <= 1 and m["grad_norm"] > 0
+    start = LensTransformer2DModel.from_pretrained(SHIPPED / "transformer").state_dict()
+    trained = LensTransformer2DModel.from_pretrained(tmp_path / "signs" / "final" / "transformer").state_dict()
+    assert any(not torch.equal(start[k], trained[k]) for k in start)
 
 
 def _benchmark(name: str):

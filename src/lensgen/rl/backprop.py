@@ -7,7 +7,9 @@ the policy itself (CFG-free, the configured solver), keeping the graph through e
 levels up to `backprop.grad_below`, decodes them differentiably, matches the judge's objects to the objects the
 prompt asks (shape and colour), and ascends their capped shape and colour margins, with `optim.kl_weight` times the mean squared gap between the
 policy's and the reference's velocities at every state visited (DRaFT, Clark et al. 2023; AlignProp, Prabhudesai
-et al. 2023). Sign prompts and prompts that ask no shape are left out: nothing of a word is differentiable here.
+et al. 2023). With `backprop.text_weight` > 0 a sign's word counts too: the judge's OCR run in torch
+(`lensgen.shapes.soft_reader`) gives the CTC log-likelihood of the asked word per character, capped at
+`backprop.text_cap`; otherwise sign prompts are left out, as are prompts that ask nothing the judges read.
 
 Everything else is `NFTTrainer`'s: prompts, buckets, the EMA (what is exported), checkpoints and exact resume,
 metrics, held-out evaluation. One process (no FSDP), full fine-tuning.
@@ -15,6 +17,7 @@ metrics, held-out evaluation. One process (no FSDP), full fine-tuning.
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -24,12 +27,20 @@ from lensgen.flow.sampler import integrate
 from lensgen.rl.batches import by_bucket, plan_jobs
 from lensgen.rl.trainer import NFTTrainer
 from lensgen.shapes.soft_judge import asked_objects, margin_reward, match_objects, soft_objects
+from lensgen.shapes.soft_reader import greedy_text, sign_log_probs, word_log_likelihood
 from lensgen.train.parallel import full_tensor
 
 
-def shape_prompt(record) -> bool:
-    """Whether reward backpropagation can learn from a prompt: it asks shapes and no sign."""
-    return bool(record.rubric.expected) and not any(item.kind == "text" for item in record.rubric.items)
+def asked_word(record) -> str | None:
+    """The word a prompt's rubric asks a sign to say, if any."""
+    return next((item.params["word"] for item in record.rubric.items if item.kind == "text"), None)
+
+
+def learnable_prompt(record, text: bool) -> bool:
+    """Whether reward backpropagation can learn from a prompt: it asks shapes, or (with `text`) a sign's word;
+    without `text`, no sign prompt (its word would count for nothing)."""
+    word = asked_word(record)
+    return (text and word is not None) or (bool(record.rubric.expected) and word is None)
 
 
 class RewardBackpropTrainer(NFTTrainer):
@@ -45,7 +56,7 @@ class RewardBackpropTrainer(NFTTrainer):
         t0 = time.perf_counter()
         jobs = plan_jobs(self.sampler.next(), cfg.data.images_per_prompt, cfg.data.buckets_per_prompt, self.table,
                          o.seed, self.step, self.bucket_choices)
-        rewards, shape_margins, colour_margins, gaps, matched = [], [], [], [], 0
+        rewards, shape_margins, colour_margins, word_scores, words_read, gaps, matched = [], [], [], [], [], [], 0
         for batch in by_bucket(jobs, lambda j: j.bucket, cfg.sample.batch_size):
             grid, noise = self.starting_noise(batch)
             feats, mask = self._features([self.prompts[j.prompt].prompt for j in batch])
@@ -66,11 +77,19 @@ class RewardBackpropTrainer(NFTTrainer):
                 batch_rewards = []
                 for image, job in zip(images.float().clamp(-1, 1), batch, strict=True):
                     matches = match_objects(soft_objects(image), self.asked[job.prompt], b.margin_cap)
-                    reward = margin_reward(matches, b.margin_cap, b.colour_weight)
-                    if reward is not None:
-                        batch_rewards.append(reward)
-                        shape_margins += [float(m.shape.detach()) for m in matches]
-                        colour_margins += [float(m.colour.detach()) for m in matches if m.colour is not None]
+                    terms = [margin_reward(matches, b.margin_cap, b.colour_weight)]
+                    shape_margins += [float(m.shape.detach()) for m in matches]
+                    colour_margins += [float(m.colour.detach()) for m in matches if m.colour is not None]
+                    word = self.words[job.prompt]
+                    log_probs = sign_log_probs(image) if word is not None and b.text_weight else None
+                    if log_probs is not None:
+                        score = word_log_likelihood(log_probs, word)
+                        terms.append(b.text_weight * score.clamp(max=math.log(b.text_cap)))
+                        word_scores.append(float(score.detach()))
+                        words_read.append(greedy_text(log_probs.detach()) == word)
+                    terms = [t for t in terms if t is not None]
+                    if terms:
+                        batch_rewards.append(torch.stack(terms).sum())
                 share = len(batch) / len(jobs)
                 loss = torch.zeros((), device=self.device)
                 if batch_rewards:
@@ -92,17 +111,21 @@ class RewardBackpropTrainer(NFTTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.ema.update(self.policy.model, self.step)
+        words = {"word_log_likelihood": _mean(word_scores), "word_read": _mean(words_read)} if b.text_weight else {}
         return {"step": self.step, "reward_mean": sum(rewards) / len(rewards) if rewards else float("nan"),
                 "read_right": _share_positive(shape_margins), "colour_right": _share_positive(colour_margins),
-                "matched_share": matched / len(jobs), "kl": sum(gaps) / len(gaps) if gaps else 0.0,
+                "matched_share": matched / len(jobs), **words, "kl": sum(gaps) / len(gaps) if gaps else 0.0,
                 "grad_norm": grad_norm, "images": len(jobs), "seconds": time.perf_counter() - t0}
 
     def _load_prompts(self) -> list:
-        prompts = [p for p in super()._load_prompts() if shape_prompt(p)]
+        text = self.cfg.backprop.text_weight > 0
+        prompts = [p for p in super()._load_prompts() if learnable_prompt(p, text)]
         if not prompts:
-            raise UserError(f"{self.cfg.data.prompts}: no prompt asks for a shape without a sign; reward "
-                            "backpropagation has nothing to learn from")
+            asks = "a shape or a sign's word" if text else "a shape without a sign (backprop.text_weight is 0)"
+            raise UserError(f"{self.cfg.data.prompts}: no prompt asks for {asks}; reward backpropagation has "
+                            "nothing to learn from")
         self.asked = [asked_objects(p.rubric) for p in prompts]
+        self.words = [asked_word(p) for p in prompts]
         return prompts
 
     def postfix(self, metrics: dict) -> dict[str, str]:
@@ -113,4 +136,8 @@ def _share_positive(values: list[float]) -> float:
     return sum(v > 0 for v in values) / len(values) if values else float("nan")
 
 
-__all__ = ["RewardBackpropTrainer", "shape_prompt"]
+def _mean(values: list) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+__all__ = ["RewardBackpropTrainer", "asked_word", "learnable_prompt"]

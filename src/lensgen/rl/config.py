@@ -123,6 +123,11 @@ class RLBackpropConfig:
     colour_weight: float = 1.0
     # gradient through the sampling steps at noise levels up to this one (1: the whole chain)
     grad_below: float = 1.0
+    # the weight of a sign's word: the OCR's CTC log-likelihood of the asked word per character
+    # (shapes/soft_reader.py); 0 leaves sign prompts out
+    text_weight: float = 0.0
+    # a word the OCR reads with this probability per character (geometric mean) is pushed no further
+    text_cap: float = 0.8
 
 
 @dataclass
@@ -196,6 +201,8 @@ class RLConfig(Validated):
             (self.backprop.margin_cap > 0, "backprop.margin_cap", "a positive number"),
             (self.backprop.colour_weight >= 0, "backprop.colour_weight", "a number >= 0 (0: shapes only)"),
             (0 < self.backprop.grad_below <= 1, "backprop.grad_below", "a noise level in (0, 1]"),
+            (self.backprop.text_weight >= 0, "backprop.text_weight", "a number >= 0 (0: sign prompts left out)"),
+            (0 < self.backprop.text_cap < 1, "backprop.text_cap", "a probability in (0, 1)"),
             (not backprop or (o.kl_guidance == 1 and not o.kl_classifier), "optim.kl_guidance",
              "1 and no optim.kl_classifier with optim.objective backprop (its pull is the reference's own velocity)"),
             (not backprop or s.classifier_scale == 0, "sample.classifier_scale",
