@@ -225,19 +225,22 @@ def test_reward_backprop_settings_are_checked(tmp_path, tiny_model, prompts):
                               progress=False)
 
 
-def _sign_prompts(tmp_path, prompts):
-    """The prompts of the file that ask for a sign's word."""
-    signs = tmp_path / "signs.jsonl"
-    write_rl_prompts(signs, [p for p in load_rl_prompts(prompts) if asked_word(p)], {"mode": "shapes"})
+def _sign_prompts(tmp_path, prompts, only_signs: bool = False):
+    """The prompts of the file that ask for a sign's word (`only_signs`: and for nothing else)."""
+    signs = tmp_path / ("only-signs.jsonl" if only_signs else "signs.jsonl")
+    write_rl_prompts(signs, [p for p in load_rl_prompts(prompts)
+                             if asked_word(p) and not (only_signs and p.rubric.expected)], {"mode": "shapes"})
     return signs
 
 
 def test_reward_backprop_learns_a_signs_word_with_text_weight(tmp_path, prompts):
-    """With backprop.text_weight the sign prompts count: the OCR's log-likelihood of the asked word is the
-    reward (the shipped model draws signs), its gradient reaches the weights and moves them."""
-    run = RewardBackpropTrainer(config(tmp_path, SHIPPED, _sign_prompts(tmp_path, prompts), "signs", 1, *BACKPROP,
-                                       "backprop.text_weight=0.1", "data.prompts_per_step=2"), progress=False)
-    assert run.words and all(run.words)
+    """With backprop.text_weight the sign prompts count: on prompts that ask for a sign and nothing else, the
+    OCR's log-likelihood of the asked word is the whole reward (the shipped model draws their signs), and its
+    gradient reaches the weights and moves them."""
+    run = RewardBackpropTrainer(config(tmp_path, SHIPPED, _sign_prompts(tmp_path, prompts, only_signs=True),
+                                       "signs", 1, *BACKPROP, "backprop.text_weight=0.1", "data.prompts_per_step=2"),
+                                progress=False)
+    assert run.words and all(run.words) and not any(run.asked)
     run.run()
     (m,) = lines(tmp_path / "signs")
     assert m["word_log_likelihood"] < 0 and 0 <= m["word_read"] <= 1 and m["grad_norm"] > 0
