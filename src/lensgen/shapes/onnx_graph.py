@@ -73,7 +73,7 @@ _OPS = {
     "Relu": lambda i, a: F.relu(i[0]),
     "Sigmoid": lambda i, a: torch.sigmoid(i[0]),
     "HardSigmoid": lambda i, a: torch.clamp(a.get("alpha", 0.2) * i[0] + a.get("beta", 0.5), 0.0, 1.0),
-    "Clip": lambda i, a: torch.clamp(i[0], *(v if v is not None else None for v in (i[1:] + [None, None])[:2])),
+    "Clip": lambda i, a: torch.clamp(i[0], *(i[1:] + [None, None])[:2]),  # min, max: optional inputs
     "MatMul": lambda i, a: torch.matmul(i[0], i[1]),
     "Softmax": lambda i, a: torch.softmax(i[0], dim=a.get("axis", -1)),
     "Transpose": lambda i, a: i[0].permute(a["perm"]) if "perm" in a else i[0].permute(*reversed(range(i[0].dim()))),
