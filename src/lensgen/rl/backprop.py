@@ -26,8 +26,8 @@ from lensgen.errors import UserError
 from lensgen.flow.sampler import integrate
 from lensgen.rl.batches import by_bucket, plan_jobs
 from lensgen.rl.trainer import NFTTrainer
-from lensgen.shapes.soft_judge import asked_objects, margin_reward, match_objects, soft_objects
-from lensgen.shapes.soft_reader import greedy_text, sign_log_probs, word_log_likelihood
+from lensgen.shapes.soft_judge import asked_objects, margin_reward, match_objects, segmented, soft_objects
+from lensgen.shapes.soft_reader import greedy_text, sign_boxes, sign_log_probs, word_log_likelihood
 from lensgen.train.parallel import full_tensor
 
 
@@ -76,12 +76,13 @@ class RewardBackpropTrainer(NFTTrainer):
                 images = self.codec.decode_with_grad(tokens.transpose(1, 2).unflatten(2, grid).to(self.codec.dtype))
                 batch_rewards = []
                 for image, job in zip(images.float().clamp(-1, 1), batch, strict=True):
-                    matches = match_objects(soft_objects(image), self.asked[job.prompt], b.margin_cap)
+                    seg = segmented(image)  # one segmentation: shapes and the sign are read off it
+                    matches = match_objects(soft_objects(image, seg), self.asked[job.prompt], b.margin_cap)
                     terms = [margin_reward(matches, b.margin_cap, b.colour_weight)]
                     shape_margins += [float(m.shape.detach()) for m in matches]
                     colour_margins += [float(m.colour.detach()) for m in matches if m.colour is not None]
                     word = self.words[job.prompt]
-                    log_probs = sign_log_probs(image) if word is not None and b.text_weight else None
+                    log_probs = sign_log_probs(image, sign_boxes(image, seg)) if word and b.text_weight else None
                     if log_probs is not None:
                         score = word_log_likelihood(log_probs, word)
                         terms.append(b.text_weight * score.clamp(max=math.log(b.text_cap)))

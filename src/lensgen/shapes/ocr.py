@@ -29,6 +29,20 @@ def normalise_text(text: str) -> str:
     return re.sub(r"[^A-Z0-9]", "", text.upper())
 
 
+LINE_HEIGHT = 48  # a sign's crop is resized to this height for the recogniser
+
+
+def sign_window(box: tuple[float, float, float, float], width: int, height: int) -> tuple[int, int, int, int]:
+    """The pixels of a sign's box (x0, y0, x1, y1) that are read: rounded outward, clipped to the image."""
+    x0, y0, x1, y1 = box
+    return max(0, int(x0)), max(0, int(y0)), min(width, int(np.ceil(x1))), min(height, int(np.ceil(y1)))
+
+
+def line_width(width: int, height: int) -> int:
+    """The width of a width x height crop resized to LINE_HEIGHT, its aspect kept."""
+    return max(8, round(width * LINE_HEIGHT / max(1, height)))
+
+
 def read_text(image: Image.Image | np.ndarray, box: tuple[float, float, float, float] | None = None,
               whole_image: bool = True) -> str:
     """OCR a sign (`box` = x0, y0, x1, y1: one line, recognised directly, ~0.04 s) or the whole image
@@ -37,10 +51,8 @@ def read_text(image: Image.Image | np.ndarray, box: tuple[float, float, float, f
     img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
     img = img.convert("RGB")
     if box is not None:
-        x0, y0, x1, y1 = box
-        img = img.crop((max(0, int(x0)), max(0, int(y0)), min(img.width, int(np.ceil(x1))),
-                        min(img.height, int(np.ceil(y1)))))
-        img = img.resize((max(8, round(img.width * 48 / max(1, img.height))), 48), Image.BICUBIC)
+        img = img.crop(sign_window(box, img.width, img.height))
+        img = img.resize((line_width(img.width, img.height), LINE_HEIGHT), Image.BICUBIC)
         result, _ = engine()(np.asarray(img), use_det=False, use_cls=False)
         text = "".join(r[0] for r in result or [] if r[1] > 0.5)
         if text or not whole_image:

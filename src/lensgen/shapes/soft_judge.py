@@ -15,10 +15,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lensgen.shapes.judge import METRIC, PALETTE, fit_colour, is_sign, segment
+from lensgen.shapes.judge import METRIC, PALETTE, Region, fit_colour, is_sign, segment
 from lensgen.shapes.shapefit import AREA_SIDE, GRID, template_distance, templates
 from lensgen.shapes.vocab import COLOUR_NAMES, SHAPES
 
@@ -110,17 +111,36 @@ class SoftObject:
     colours: torch.Tensor  # (len(COLOUR_NAMES),)
 
 
-def soft_objects(image: torch.Tensor) -> list[SoftObject]:
-    """Every object the judge finds in an image ((3, H, W) in [-1, 1]), in the order `judge.detect` lists them
-    (signs and specks left out, as it leaves them), differentiable in the image."""
+@dataclass
+class Segmented:
+    """An image as the judge segments it: its pixels ((H, W, 3) in 0-255, differentiable), the same as the
+    judge reads them, the background surface (None: too little of it visible) and the candidate objects."""
+
+    pixels: torch.Tensor
+    img: np.ndarray
+    background: np.ndarray | None
+    regions: list[Region]
+
+
+def segmented(image: torch.Tensor) -> Segmented:
+    """`judge.segment` of an image ((3, H, W) in [-1, 1]); shapes and signs are both read off it."""
     pixels = (image.permute(1, 2, 0).float() + 1) * 127.5
     img = pixels.detach().cpu().numpy()
     background, regions, _ = segment(img)
+    return Segmented(pixels, img, background, regions)
+
+
+def soft_objects(image: torch.Tensor, seg: Segmented | None = None) -> list[SoftObject]:
+    """Every object the judge finds in an image ((3, H, W) in [-1, 1]; `seg`: its segmentation, when already
+    made), in the order `judge.detect` lists them (signs and specks left out, as it leaves them),
+    differentiable in the image."""
+    seg = segmented(image) if seg is None else seg
+    pixels, img, background = seg.pixels, seg.img, seg.background
     if background is None:
         return []
     bg = torch.from_numpy(background).to(pixels)
     out = []
-    for r in regions:
+    for r in seg.regions:
         if is_sign(img, r):
             continue
         x0, y0, x1, y1 = r.window
@@ -206,6 +226,6 @@ def margin_reward(matches: list[Match], cap: float, colour_weight: float = 1.0) 
     return torch.stack(terms).mean()
 
 
-__all__ = ["Match", "SoftObject", "asked_objects", "canonical_patch", "colour_margin", "colour_residuals",
+__all__ = ["Match", "Segmented", "SoftObject", "asked_objects", "canonical_patch", "colour_margin", "colour_residuals",
            "margin_reward", "margin_scale", "match_objects", "shape_margin", "shape_scores", "soft_alpha",
-           "soft_objects"]
+           "segmented", "soft_objects"]

@@ -12,17 +12,16 @@ probabilities is the text the judge reads (tests/test_soft_reader.py).
 from __future__ import annotations
 
 import functools
-import math
 import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lensgen.shapes.judge import is_sign, segment
-from lensgen.shapes.ocr import normalise_text
+from lensgen.shapes.judge import is_sign
+from lensgen.shapes.ocr import LINE_HEIGHT, line_width, normalise_text, sign_window
+from lensgen.shapes.soft_judge import Segmented, segmented
 
-REC_HEIGHT = 48  # the recogniser's input height (RapidOCR's rec_img_shape)
 REC_MIN_WIDTH = 320  # crops narrower than this are padded to it (with zeros, mid-grey once normalised)
 
 
@@ -73,25 +72,24 @@ def bicubic_weights(n_out: int, n_in: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def sign_boxes(image: torch.Tensor) -> list[tuple[float, float, float, float]]:
-    """The signs the judge finds in an image ((3, H, W) in [-1, 1]): (x0, y0, x1, y1) boxes, left to right."""
-    img = ((image.detach().permute(1, 2, 0).float() + 1) * 127.5).clamp(0, 255).round().cpu().numpy()
-    background, regions, _ = segment(img)
-    if background is None:
+def sign_boxes(image: torch.Tensor, seg: Segmented | None = None) -> list[tuple[float, float, float, float]]:
+    """The signs the judge finds in an image ((3, H, W) in [-1, 1]; `seg`: its segmentation, when already made):
+    (x0, y0, x1, y1) boxes, left to right."""
+    seg = segmented(image) if seg is None else seg
+    if seg.background is None:
         return []
     return sorted((float(r.box[0]), float(r.box[1]), float(r.box[0] + r.box[2]), float(r.box[1] + r.box[3]))
-                  for r in regions if is_sign(img, r))
+                  for r in seg.regions if is_sign(seg.img, r))
 
 
 def _recogniser_input(image: torch.Tensor, box: tuple[float, float, float, float]) -> torch.Tensor:
     """The crop `ocr.read_text` gives the recogniser, (3, 48, >= 320) normalised to [-1, 1], differentiable."""
     _, h, w = image.shape
-    x0, y0, x1, y1 = box
-    x0, y0, x1, y1 = max(0, int(x0)), max(0, int(y0)), min(w, math.ceil(x1)), min(h, math.ceil(y1))
+    x0, y0, x1, y1 = sign_window(box, w, h)
     crop = (image[:, y0:y1, x0:x1].float() + 1) * 127.5
     ch, cw = crop.shape[1:]
-    width = max(8, round(cw * REC_HEIGHT / max(1, ch)))
-    resized = bicubic_weights(REC_HEIGHT, ch).to(crop) @ crop @ bicubic_weights(width, cw).to(crop).T
+    width = line_width(cw, ch)
+    resized = bicubic_weights(LINE_HEIGHT, ch).to(crop) @ crop @ bicubic_weights(width, cw).to(crop).T
     resized = resized.clamp(0, 255) / 127.5 - 1
     return F.pad(resized, (0, max(0, REC_MIN_WIDTH - width)))
 
