@@ -187,6 +187,7 @@ def test_reward_backprop_resumes_exactly_and_trains_on_the_shape_prompts_only(tm
     straight = RewardBackpropTrainer(config(tmp_path, SHIPPED, prompts, "straight", 2, *BACKPROP), progress=False)
     assert all(learnable_prompt(p, text=False) and asked_word(p) is None for p in straight.prompts)
     assert len(straight.prompts) < len(load_rl_prompts(prompts))  # the file's sign prompts are left out
+    assert straight.scorer is None  # scored inside the step: no reward thread waits idle
     straight.run()
     RewardBackpropTrainer(config(tmp_path, SHIPPED, prompts, "split", 1, *BACKPROP), progress=False).run()
     RewardBackpropTrainer(config(tmp_path, SHIPPED, prompts, "split", 2, *BACKPROP), resume=True,

@@ -51,6 +51,11 @@ class RewardBackpropTrainer(NFTTrainer):
         if self.info.world_size > 1:
             raise UserError("optim.objective backprop runs in one process; start it without torchrun")
 
+    def _scorer(self) -> None:
+        """None: reward backpropagation scores its images inside the step, through the soft judge; no thread
+        waits to judge them."""
+        return None
+
     def rl_step(self) -> dict:
         cfg, o, b = self.cfg, self.cfg.optim, self.cfg.backprop
         t0 = time.perf_counter()

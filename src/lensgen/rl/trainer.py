@@ -103,7 +103,7 @@ class NFTTrainer:
         self.bucket_choices = list(dict.fromkeys(by_size[tuple(hw)] for hw in config.data.sizes)) or None
         self.sampler = PromptSampler(len(self.prompts), config.data.prompts_per_step, seed=config.optim.seed)
         self.reward = build_reward(config.reward.weights, config.reward.judge or None, config.reward.shape_credit)
-        self.scorer = AsyncRewards(self.reward, workers=config.system.reward_workers)
+        self.scorer = self._scorer()
         self.ptx = PretrainAnchor(config.ptx, self.table, self.codec, self.text_encoder, self.info,
                                   config.optim.seed) if config.ptx.weight > 0 else None
         self.step = 0
@@ -113,6 +113,10 @@ class NFTTrainer:
         self.writer = tensorboard_writer(self.out, self.info, config.log.tensorboard)
 
     # ---- building ---------------------------------------------------------------------------------
+
+    def _scorer(self) -> AsyncRewards | None:
+        """The background thread that judges batch k while batch k + 1 samples."""
+        return AsyncRewards(self.reward, workers=self.cfg.system.reward_workers)
 
     def _load_prompts(self) -> list:
         prompts = load_rl_prompts(self.cfg.data.prompts)
@@ -379,7 +383,10 @@ class NFTTrainer:
         if not last and self.info.is_main and (self.out / "metrics.jsonl").exists():  # resumed with no step left
             lines = (self.out / "metrics.jsonl").read_text().splitlines()
             last = json.loads(lines[-1]) if lines else {}
-        self.scorer.close()
+        if self.scorer is not None:
+            self.scorer.close()  # and the reward with it
+        elif hasattr(self.reward, "close"):
+            self.reward.close()
         self.write_rank_report()
         export = self.export(self.out / "final")
         elapsed = time.perf_counter() - start
