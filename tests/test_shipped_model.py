@@ -89,7 +89,7 @@ def test_shipped_turbo_model_samples_in_four_cfg_free_steps_as_recorded():
     images for fixed seeds are the ones recorded when it was evaluated (the guidance's bound, as above)."""
     pipe = LensPipeline.from_pretrained("shapes-tiny-turbo")
     d = pipe.defaults
-    assert (d.steps, d.cfg, d.solver, d.classifier_scale, d.classifier_max_sigma) == (4, 1.0, "euler", 3.0, 0.9)
+    assert (d.steps, d.cfg, d.solver, d.classifier_scale, d.classifier_max_sigma) == (4, 1.0, "euler", 2.0, 0.9)
     default = LensPipeline.from_pretrained(DEFAULT_MODEL_DIR).classifier.state_dict()
     assert all(torch.equal(v, default[k]) for k, v in pipe.classifier.state_dict().items())
     calls = []
