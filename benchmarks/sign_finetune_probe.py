@@ -1,7 +1,7 @@
 """Can the Shapes model learn to write letters? Flow matching on sign scenes, with the word spelled out.
 
-The text task asks for held-out words, and the model's signs do not depend on the word (one seed gives the
-same strokes whatever it is asked). Two things could be missing: letters the conditioning can reach (MiniLM
+The text task asks for held-out words, and the judge reads nothing on most of the model's signs and a few
+letters or digits on the rest, matching the word by chance. Two things could be missing: letters the conditioning can reach (MiniLM
 reads "kitchen" as one token, so a word it never saw on a sign says nothing of its letters), and the skill to
 draw letters at all. This gives the model both chances: it fine-tunes a copy on sign-only scenes of
 training words (`heldout.TRAIN_WORDS`, backgrounds as in pretraining, no objects) with the prompt's quoted
