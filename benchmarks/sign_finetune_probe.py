@@ -27,14 +27,18 @@ import torch
 from lensgen.eval.shapes import evaluate, pipeline_generator
 from lensgen.inference.pipeline import LensPipeline
 from lensgen.shapes.heldout import TRAIN_WORDS
-from lensgen.shapes.prompt import PromptSpec
+from lensgen.shapes.prompt import PromptSpec, format_prompt
 from lensgen.shapes.render import render
 from lensgen.shapes.scene import generate_scene, make_sign
 from lensgen.train.batch import collate
 from lensgen.train.objective import SigmaSampling, masked_mse, noisy_input
 
-TEMPLATES = ('a photo of a sign reading "{}"', 'a picture of a sign that says "{}"', 'a sign with the word "{}"',
-             'an image of a sign reading "{}"', 'a sign that says "{}"')
+# (prefix, sign form) of the Shapes grammar (prompt.PREFIXES, SIGN_FORMS): 'a photo of a sign reading "CAT"', ...
+FORMS = ((0, 2), (2, 0), (3, 1), (1, 2), (3, 0))
+
+
+def sign_prompt(word: str, k: int) -> str:
+    return format_prompt(PromptSpec(text=word), *FORMS[k % len(FORMS)])
 
 
 def spelled(prompt: str) -> str:
@@ -48,7 +52,7 @@ def sign_scene(rng: np.random.Generator, size: int):
     scene.objects, scene.sign = [], None
     while scene.sign is None:  # a word too long for a legible sign on this canvas is drawn again
         scene.sign = make_sign(rng, 1.0, str(rng.choice(TRAIN_WORDS)))
-    return render(scene, size, size), TEMPLATES[int(rng.integers(len(TEMPLATES)))].format(scene.sign.word)
+    return render(scene, size, size), sign_prompt(scene.sign.word, int(rng.integers(len(FORMS))))
 
 
 def same_reading(samples) -> float:
@@ -65,7 +69,7 @@ def read_scores(pipe: LensPipeline, size: int) -> dict:
     seeds each), and how often one seed reads the same whatever the word."""
     generate = pipeline_generator(pipe, size, size, None, None)
     held_out = evaluate(generate, tasks=["text"], progress=False)
-    train = [PromptSpec(text=w, task="text", prompt=TEMPLATES[i % len(TEMPLATES)].format(w), id=f"train-{i}")
+    train = [PromptSpec(text=w, task="text", prompt=sign_prompt(w, i), id=f"train-{i}")
              for i, w in enumerate(TRAIN_WORDS[::5])]
     trained = evaluate(generate, prompts=train, n_per_prompt=2, progress=False)
     return {"held_out_words": held_out.tasks["text"], "training_words": trained.tasks["text"],

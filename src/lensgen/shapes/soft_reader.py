@@ -55,9 +55,11 @@ def _class_of() -> dict[str, int]:
     return {c: i for i, c in reversed(list(enumerate(alphabet()))) if c}
 
 
+@functools.lru_cache(maxsize=256)
 def bicubic_weights(n_out: int, n_in: int) -> torch.Tensor:
     """(n_out, n_in) PIL's BICUBIC resize along one axis as a matrix (Keys' kernel, a = -0.5, widened by the
-    scale when shrinking, weights renormalised at the borders), so that a resize is two matmuls."""
+    scale when shrinking, weights renormalised at the borders), so that a resize is two matmuls. Cached: a
+    training run meets the same few sign sizes every step (callers copy it with `.to`, never change it)."""
     scale = n_in / n_out
     support = 2.0 * max(scale, 1.0)
     out = np.zeros((n_out, n_in), np.float64)
