@@ -1,4 +1,4 @@
-"""Can the Shapes model learn to write letters? Flow matching on sign scenes, with the word spelled out.
+"""Can the Shapes model learn to write letters? Flow matching on sign scenes, with the word spelled out or drawn.
 
 The text task asks for held-out words, and the judge reads nothing on most of the model's signs and a few
 letters or digits on the rest, matching the word by chance. Two things could be missing: letters the conditioning can reach (MiniLM
@@ -12,7 +12,12 @@ same-seed pairs of different words read as the same text. If trained words stay 
 draw letters in its 8-pixel tokens, whatever the conditioning says; a score that rises while one seed reads
 the same whatever the word is letters matched by chance, not words written.
 
+`--glyph` goes further, as glyph-conditioned text renderers do: the word itself, drawn in the sign font, is
+appended to the text tokens (one token per 8 px column of the drawing, its ink values and column index), so
+the model need only copy letters it is shown; `--sign-weight` weights the loss of the tokens the sign touches.
+
     python benchmarks/sign_finetune_probe.py shapes-tiny --steps 1500      # ~14 min on 2 cores
+    python benchmarks/sign_finetune_probe.py shapes-tiny --steps 1500 --glyph --no-spell --sign-weight 10
 """
 
 from __future__ import annotations
@@ -23,18 +28,22 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 from lensgen.eval.shapes import evaluate, pipeline_generator
 from lensgen.inference.pipeline import LensPipeline
+from lensgen.models.text_encoder import TextFeatures
+from lensgen.shapes import font
 from lensgen.shapes.heldout import TRAIN_WORDS
 from lensgen.shapes.prompt import PromptSpec, format_prompt
 from lensgen.shapes.render import render
-from lensgen.shapes.scene import generate_scene, make_sign
+from lensgen.shapes.scene import generate_scene, make_sign, sign_box
 from lensgen.train.batch import collate
-from lensgen.train.objective import SigmaSampling, masked_mse, noisy_input
+from lensgen.train.objective import SigmaSampling, noisy_input
 
 # (prefix, sign form) of the Shapes grammar (prompt.PREFIXES, SIGN_FORMS): 'a photo of a sign reading "CAT"', ...
 FORMS = ((0, 2), (2, 0), (3, 1), (1, 2), (3, 0))
+QUOTED = re.compile(r'"([A-Z0-9]+)"')  # a sign's word in a Shapes prompt
 
 
 def sign_prompt(word: str, k: int) -> str:
@@ -43,16 +52,70 @@ def sign_prompt(word: str, k: int) -> str:
 
 def spelled(prompt: str) -> str:
     """`... "CAT"` -> `... "CAT" spelled C A T`: each letter its own token."""
-    return re.sub(r'"([A-Z0-9]+)"', lambda m: f'"{m.group(1)}" spelled ' + " ".join(m.group(1)), prompt)
+    return QUOTED.sub(lambda m: f'"{m.group(1)}" spelled ' + " ".join(m.group(1)), prompt)
+
+
+GLYPH_HEIGHT, GLYPH_CAP, GLYPH_COLUMN, GLYPH_MAX_COLUMNS = 16, 12, 8, 16
+
+
+def glyph_columns(word: str) -> torch.Tensor:
+    """The word drawn in the sign font (12 px capitals in a 16 px strip, 4x supersampled), cut into 8 px columns:
+    (columns, 128) ink in [0, 1], one row a column, read left to right."""
+    s = 4
+    f = font.font(round(GLYPH_CAP * s / font.cap_height_ratio()))
+    x0, y0, x1, y1 = f.getbbox(word)
+    columns = min(GLYPH_MAX_COLUMNS, -(-(x1 - x0) // (GLYPH_COLUMN * s)) or 1)
+    canvas = Image.new("L", (columns * GLYPH_COLUMN * s, GLYPH_HEIGHT * s), 0)
+    ImageDraw.Draw(canvas).text((-x0, (GLYPH_HEIGHT * s - (y1 - y0)) / 2 - y0), word, fill=255, font=f)
+    ink = torch.from_numpy(np.asarray(canvas.reduce(s), dtype=np.float32) / 255.0)
+    return ink.unflatten(1, (columns, GLYPH_COLUMN)).permute(1, 0, 2).flatten(1)
+
+
+def glyph_features(prompts: list[str], hidden: int, layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text-stream tokens that show the quoted word's letters: one per 8 px column of its glyph strip, the
+    column's 128 ink values, a one-hot of its index and a marker; the same vector on every selected layer.
+    (B, G, layers, hidden) and the mask (B, G); prompts without a quoted word get none."""
+    width = GLYPH_HEIGHT * GLYPH_COLUMN
+    words = [m.group(1) if (m := QUOTED.search(p)) else None for p in prompts]
+    cols = [glyph_columns(w) if w else torch.zeros(0, width) for w in words]
+    length = max(1, max(len(c) for c in cols))
+    feats, mask = torch.zeros(len(prompts), length, hidden), torch.zeros(len(prompts), length, dtype=torch.bool)
+    for b, c in enumerate(cols):
+        n = len(c)
+        feats[b, :n, :width] = c
+        feats[b, torch.arange(n), width + torch.arange(n)] = 1.0
+        feats[b, :n, width + GLYPH_MAX_COLUMNS] = 1.0
+        mask[b, :n] = True
+    return feats[:, :, None].expand(-1, -1, layers, -1), mask
+
+
+def with_glyphs(encode, hidden: int, layers: int):
+    """`encode` with each prompt's glyph tokens appended after its text tokens."""
+    def encode_with_glyphs(prompts: list[str]) -> TextFeatures:
+        text = encode(prompts)
+        glyphs, gmask = glyph_features(prompts, hidden, layers)
+        return TextFeatures(torch.cat([text.features, glyphs.to(text.features)], 1), torch.cat([text.mask, gmask], 1))
+    return encode_with_glyphs
 
 
 def sign_scene(rng: np.random.Generator, size: int):
-    """A training-split background with one sign of a training word and no shapes, and its prompt."""
+    """A training-split background with one sign of a training word and no shapes, its prompt, and the sign's
+    box in pixels."""
     scene = generate_scene(rng, aspect=1.0, split="train")
     scene.objects, scene.sign = [], None
     while scene.sign is None:  # a word too long for a legible sign on this canvas is drawn again
         scene.sign = make_sign(rng, 1.0, str(rng.choice(TRAIN_WORDS)))
-    return render(scene, size, size), sign_prompt(scene.sign.word, int(rng.integers(len(FORMS))))
+    prompt = sign_prompt(scene.sign.word, int(rng.integers(len(FORMS))))
+    return render(scene, size, size), prompt, sign_box(scene.sign, size, size)
+
+
+def sign_tokens(box: tuple[float, float, float, float], size: int, grid: int) -> torch.Tensor:
+    """(grid * grid,) bool, row-major: the tokens of a size x size image on a grid x grid token grid that the
+    box (x0, y0, x1, y1 in pixels) touches."""
+    x0, y0, x1, y1 = box
+    first = torch.arange(grid) * (size / grid)  # each token's first pixel, rows and columns alike
+    rows, cols = (first + size / grid > y0) & (first < y1), (first + size / grid > x0) & (first < x1)
+    return (rows[:, None] & cols[None, :]).flatten()
 
 
 def same_reading(samples) -> float:
@@ -86,6 +149,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--size", type=int, default=64, help="square image side (ShapesEval's: 64)")
     parser.add_argument("--no-spell", action="store_true", help="prompts as they are, no letters appended")
+    parser.add_argument("--glyph", action="store_true",
+                        help="also give the model the quoted word drawn: glyph tokens after the text tokens")
+    parser.add_argument("--sign-weight", type=float, default=1.0,
+                        help="loss weight of the tokens the sign touches, against 1 for the rest")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -94,6 +161,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not args.no_spell:
         encode = pipe.text_encoder.encode
         pipe.text_encoder.encode = lambda prompts: encode([spelled(p) for p in prompts])
+    if args.glyph:
+        pipe.text_encoder.encode = with_glyphs(pipe.text_encoder.encode, pipe.text_encoder.hidden_size,
+                                               pipe.text_encoder.num_layers)
     model = pipe.transformer
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sigmas, gen = SigmaSampling(), torch.Generator().manual_seed(args.seed)
@@ -111,12 +181,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if step == args.steps:
             break
         model.train()
-        images, prompts = zip(*(sign_scene(rng, args.size) for _ in range(args.batch_size)))
+        images, prompts, boxes = zip(*(sign_scene(rng, args.size) for _ in range(args.batch_size)))
         batch = collate(list(images), list(prompts), pipe.codec)
         text = pipe.text_encoder.encode(list(prompts))
         sigma = sigmas.sample(torch.tensor([h * w for h, w in batch.sizes]), gen)
         x_t, target = noisy_input(batch.tokens, torch.randn(batch.tokens.shape, generator=gen), sigma)
-        loss = masked_mse(model(x_t, text.features, sigma, batch.sizes, text.mask), target, None)
+        err = (model(x_t, text.features, sigma, batch.sizes, text.mask) - target).square().mean(-1)
+        on_sign = torch.stack([sign_tokens(box, args.size, h) for box, (h, _) in zip(boxes, batch.sizes)])
+        weight = 1.0 + (args.sign_weight - 1.0) * on_sign.float()
+        loss = (err * weight).sum() / weight.sum()
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

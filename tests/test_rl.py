@@ -326,6 +326,34 @@ def test_sign_from_sigma_benchmark_reads_true_signs_and_starts_each_model_at_eac
         bench.main([str(tiny_model), "--levels", "0"])
 
 
+def test_sign_probe_glyph_tokens_show_the_word_and_the_sign_loss_weight_covers_the_sign(tiny_model, monkeypatch):
+    """benchmarks/sign_finetune_probe.py --glyph: the glyph tokens put back together read as the word; a prompt
+    without a quoted word gets none; the sign's tokens are those its box touches; and a glyph run with the sign
+    weighted trains the model (the sampling check stubbed: the OCR over 120 images is the slow part)."""
+    from PIL import Image
+
+    from lensgen.shapes.ocr import read_text
+
+    bench = _benchmark("sign_finetune_probe")
+    columns = bench.glyph_columns("CAT")
+    strip = columns.view(-1, bench.GLYPH_HEIGHT, bench.GLYPH_COLUMN).permute(1, 0, 2).flatten(1)
+    drawn = Image.fromarray(((1 - strip) * 255).byte().numpy()).resize((strip.shape[1] * 4, 64))
+    assert read_text(drawn, (0, 0, drawn.width, drawn.height)) == "CAT"
+    features, mask = bench.glyph_features(['a sign that says "CAT"', "a red star"], 384, 4)
+    assert mask.tolist() == [[True] * len(columns), [False] * len(columns)]
+    assert torch.equal(features[0, :, 2, :128], columns) and not features[1].any()
+    assert features[0, :, 0, 128:144].argmax(-1).tolist() == list(range(len(columns)))  # each column's index
+    assert bench.sign_tokens((8.0, 16.0, 24.0, 20.0), 64, 8).view(8, 8).nonzero().tolist() == [[2, 1], [2, 2]]
+    monkeypatch.setattr(bench, "read_scores", lambda pipe, size: {"held_out_words": 0.0, "training_words": 0.0,
+                                                                  "same_reading": 0.0, "reads": []})
+    drawn_for, real_glyphs = [], bench.glyph_features
+    monkeypatch.setattr(bench, "glyph_features", lambda prompts, *a: drawn_for.append(prompts) or real_glyphs(prompts, *a))
+    rows = bench.main([str(tiny_model), "--steps", "2", "--batch-size", "2", "--glyph", "--no-spell",
+                       "--sign-weight", "10", "--threads", str(torch.get_num_threads())])
+    assert [r["step"] for r in rows] == [0, 2] and math.isfinite(rows[-1]["loss"])
+    assert len(drawn_for) == 2 and all(bench.QUOTED.search(p).group(1) in TRAIN_WORDS for b in drawn_for for p in b)
+
+
 def test_self_fit_keeps_only_passing_images_best_first_on_fixed_seeds(tiny_model, prompts, monkeypatch):
     """benchmarks/self_fit.py's collection: a pass is the reward's score >= the threshold; at most `keep` per
     prompt, the best partial credit first; the same model gives the same images (before/after are paired)."""
