@@ -98,6 +98,23 @@ def test_torchrun_fsdp2_two_ranks_checkpoint_resume_agree(tmp_path):
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000004"
 
 
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_a_torchrun_rank_skips_the_interpreter_teardown_and_keeps_its_output_and_exit_code(world_size, tmp_path):
+    """`python -m lensgen.cli` as a torchrun rank (WORLD_SIZE > 1) leaves with os._exit once `main` returns: torch's
+    C++ threads could abort a finished rank's teardown, failing the run. Its output and exit code come through;
+    a single process tears down as usual (the atexit line)."""
+    script = ("import atexit, sys; atexit.register(lambda: print('teardown ran')); from lensgen.cli import run; "
+              "sys.argv = ['lensgen'] + sys.argv[1:]; run()")
+    env = {**os.environ, "WORLD_SIZE": world_size, "HF_HUB_OFFLINE": "1"}
+    ok = subprocess.run([sys.executable, "-c", script, "reason", "three purple hexagons"], env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "hexagon" in ok.stdout
+    assert ("teardown ran" in ok.stdout) == (world_size == "1")
+    bad = subprocess.run([sys.executable, "-c", script, "train", "--config", str(tmp_path / "missing.yaml")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "missing.yaml" in bad.stderr
+
+
 def test_shard_source_caption_mix_per_batch_and_text_cache(tmp_path):
     """Training from `lensgen data shapes` shards; per-batch caption draws; the text cache fills its folder."""
     import random

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -87,5 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     return int(code or 0)
 
 
+def run() -> None:
+    """The `lensgen` command and `python -m lensgen.cli` (what torchrun starts): `main`, then exit.
+
+    A torchrun rank leaves its process group cleanly before returning here, yet torch's C++ threads can still
+    abort the interpreter's teardown ("terminate called without an active exception", SIGABRT), and torchrun
+    then reports a finished run as failed. Every file is written and closed by then, so a rank exits at once."""
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -1,4 +1,4 @@
-"""`lensgen rl`: DiffusionNFT post-training of a pretrained pipeline folder."""
+"""`lensgen rl`: RL post-training of a pretrained pipeline folder (DiffusionNFT, or reward backpropagation)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ rubric, and the policy trains on the NFT loss. Prompts come from `lensgen data r
 `lensgen rl --config configs/rl-shapes.yaml`; many GPUs: `torchrun --nproc_per_node 8 -m lensgen.cli rl
 --config configs/rl-lens-3.8b.yaml`. Writes OUT/metrics.jsonl (rewards per rubric dimension, zero-variance
 groups, KL, held-out ShapesEval every log.eval_every steps), OUT/tensorboard, OUT/checkpoints (resumable
-with --resume) and OUT/final, a pipeline folder that samples CFG-free."""
+with --resume) and OUT/final, a pipeline folder that samples CFG-free. With `optim.objective: backprop`
+(configs/rl-backprop-shapes.yaml, the shipped Shapes model's second stage) each step instead samples one image
+per prompt with the gradient kept through the sampler and ascends the Shapes judge's differentiable margins
+(reward backpropagation; one process)."""
 
 
 def cmd_rl(args: argparse.Namespace) -> int:
@@ -51,8 +54,8 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
 
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
-    p = groups[""].add_parser("rl", help="RL post-training with DiffusionNFT (rubric rewards, CPU or torchrun)",
-                              description=RL_HELP)
+    p = groups[""].add_parser("rl", description=RL_HELP, help="RL post-training: DiffusionNFT with rubric rewards "
+                              "(CPU or torchrun), or reward backpropagation")
     add_config_arguments(p, "configs/rl-shapes.yaml", required=True)
     p.add_argument("--out-dir", help="same as --set out_dir=...")
     p.add_argument("--steps", type=int, help="same as --set optim.steps=...")
