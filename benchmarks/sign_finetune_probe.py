@@ -23,6 +23,7 @@ the model need only copy letters it is shown; `--sign-weight` weights the loss o
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import time
 
@@ -58,9 +59,11 @@ def spelled(prompt: str) -> str:
 GLYPH_HEIGHT, GLYPH_CAP, GLYPH_COLUMN, GLYPH_MAX_COLUMNS = 16, 12, 8, 16
 
 
+@functools.lru_cache(maxsize=256)
 def glyph_columns(word: str) -> torch.Tensor:
     """The word drawn in the sign font (12 px capitals in a 16 px strip, 4x supersampled), cut into 8 px columns:
-    (columns, 128) ink in [0, 1], one row a column, read left to right."""
+    (columns, 128) ink in [0, 1], one row a column, read left to right. Cached: every step draws the same
+    training words again (callers copy it, never change it)."""
     s = 4
     f = font.font(round(GLYPH_CAP * s / font.cap_height_ratio()))
     x0, y0, x1, y1 = f.getbbox(word)
