@@ -7,7 +7,8 @@ draw letters at all. This gives the model both chances: it fine-tunes a copy on 
 training words (`heldout.TRAIN_WORDS`, backgrounds as in pretraining, no objects) with the prompt's quoted
 word also spelled letter by letter (`"CAT" spelled C A T`: one MiniLM token per letter; `--no-spell` leaves the
 prompts as they are), then samples both the ShapesEval text prompts (held-out words) and training words with
-the same spelling, and prints the judge's OCR similarity every `--eval-every` steps, with the share of
+the same spelling, and prints the judge's OCR similarity every `--eval-every` steps (beside it, each reading
+scored against the other words of its set: what letters read at random score), with the share of
 same-seed pairs of different words read as the same text. If trained words stay near 0, the model cannot
 draw letters in its 8-pixel tokens, whatever the conditioning says; a score that rises while one seed reads
 the same whatever the word is letters matched by chance, not words written.
@@ -26,19 +27,22 @@ import argparse
 import functools
 import re
 import time
+import zlib
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from torch import nn
 
 from lensgen.eval.shapes import evaluate, pipeline_generator
 from lensgen.inference.pipeline import LensPipeline
 from lensgen.models.text_encoder import TextFeatures
 from lensgen.shapes import font
 from lensgen.shapes.heldout import TRAIN_WORDS
+from lensgen.shapes.ocr import text_similarity
 from lensgen.shapes.prompt import PromptSpec, format_prompt
 from lensgen.shapes.render import render
-from lensgen.shapes.scene import generate_scene, make_sign, sign_box
+from lensgen.shapes.scene import Background, Scene, Sign, generate_scene, make_sign, sign_box
 from lensgen.train.batch import collate
 from lensgen.train.objective import SigmaSampling, noisy_input
 
@@ -101,6 +105,62 @@ def with_glyphs(encode, hidden: int, layers: int):
     return encode_with_glyphs
 
 
+class CanvasInput(nn.Module):
+    """The transformer's image-token input plus a zero-initialised projection of `canvas`: per image token, the
+    pixels of a drawing of the sign where it is to go (white board, black letters, black elsewhere), set
+    before each forward, as layout-conditioned text renderers show the model its text in place."""
+
+    def __init__(self, img_in: nn.Linear, pixels: int):
+        super().__init__()
+        self.img_in = img_in
+        self.canvas_in = nn.Linear(pixels, img_in.out_features, bias=False)
+        nn.init.zeros_(self.canvas_in.weight)
+        self.canvas: torch.Tensor | None = None  # (B, N, pixels)
+
+    @property
+    def weight(self) -> torch.Tensor:  # the transformer reads its compute dtype here
+        return self.img_in.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.img_in(x)
+        if self.canvas is None:
+            return h
+        if self.canvas.shape[:2] != x.shape[:2]:
+            raise ValueError(f"canvas {tuple(self.canvas.shape)} does not match image tokens {tuple(x.shape)}")
+        return h + self.canvas_in(self.canvas.to(h))
+
+
+def canvas_tokens(sign: Sign | None, size: int, grid: int) -> torch.Tensor:
+    """(grid * grid, (size / grid) ** 2): the sign alone drawn on black, cut into the token grid's patches
+    (row-major, as the image tokens), ink in [0, 1]; all zeros without a sign."""
+    p = size // grid
+    if sign is None:
+        return torch.zeros(grid * grid, p * p)
+    board = render(Scene(objects=[], background=Background("plain", 0, 0), sign=sign), size, size).convert("L")
+    ink = torch.from_numpy(np.asarray(board, dtype=np.float32) / 255.0)
+    return ink.view(grid, p, grid, p).permute(0, 2, 1, 3).flatten(2).flatten(0, 1)
+
+
+def planned_sign(prompt: str) -> Sign | None:
+    """Where a prompt's sign goes at sampling: a sign for its quoted word placed as the scene generator places
+    one, drawn from a generator seeded by the prompt (every seed of a prompt gets the same layout)."""
+    if not (m := QUOTED.search(prompt)):
+        return None
+    rng = np.random.default_rng(zlib.crc32(prompt.encode()))
+    for _ in range(100):
+        if (sign := make_sign(rng, 1.0, m.group(1))) is not None:
+            return sign
+    return None
+
+
+def with_canvas(encode, canvas_input: CanvasInput, size: int, grid: int):
+    """`encode` that also sets each prompt's planned sign as the canvas of the next forward passes."""
+    def encode_with_canvas(prompts: list[str]) -> TextFeatures:
+        canvas_input.canvas = torch.stack([canvas_tokens(planned_sign(p), size, grid) for p in prompts])
+        return encode(prompts)
+    return encode_with_canvas
+
+
 def sign_scene(rng: np.random.Generator, size: int):
     """A training-split background with one sign of a training word and no shapes, its prompt, and the sign's
     box in pixels."""
@@ -109,7 +169,7 @@ def sign_scene(rng: np.random.Generator, size: int):
     while scene.sign is None:  # a word too long for a legible sign on this canvas is drawn again
         scene.sign = make_sign(rng, 1.0, str(rng.choice(TRAIN_WORDS)))
     prompt = sign_prompt(scene.sign.word, int(rng.integers(len(FORMS))))
-    return render(scene, size, size), prompt, sign_box(scene.sign, size, size)
+    return render(scene, size, size), prompt, scene.sign
 
 
 def sign_tokens(box: tuple[float, float, float, float], size: int, grid: int) -> torch.Tensor:
@@ -121,13 +181,29 @@ def sign_tokens(box: tuple[float, float, float, float], size: int, grid: int) ->
     return (rows[:, None] & cols[None, :]).flatten()
 
 
+def readings(samples) -> list[tuple[str, str]]:
+    """(text read, word asked) of each sign sample; an exact read gives no reason and is its word."""
+    out = []
+    for s in samples:
+        asked = QUOTED.search(s.prompt).group(1)
+        out.append((re.match(r"read '(.*)' for", s.reason).group(1) if s.reason else asked, asked))
+    return out
+
+
 def same_reading(samples) -> float:
     """Of the pairs of images with the same seed and different words, the share read as the same non-empty
     text: how far what the model writes depends on the noise rather than on the word."""
-    # an exact read (no reason given) is its own word: never the same as another word's
-    reads = [(s.seed, re.match(r"read '(.*)' for", s.reason).group(1) if s.reason else s.prompt) for s in samples]
+    reads = [(s.seed, read) for s, (read, _) in zip(samples, readings(samples))]
     pairs = [a == b != "" for i, (seed, a) in enumerate(reads) for seed2, b in reads[i + 1:] if seed == seed2]
     return sum(pairs) / max(1, len(pairs))
+
+
+def against_other_words(samples) -> float:
+    """The mean OCR similarity of each reading to the *other* words asked in the same set: what letters read at
+    random score. A model that writes its word scores above it; one that writes letter soup scores the same."""
+    pairs = readings(samples)
+    words = sorted({w for _, w in pairs})
+    return float(np.mean([np.mean([text_similarity(read, w) for w in words if w != asked]) for read, asked in pairs]))
 
 
 def read_scores(pipe: LensPipeline, size: int) -> dict:
@@ -139,6 +215,8 @@ def read_scores(pipe: LensPipeline, size: int) -> dict:
              for i, w in enumerate(TRAIN_WORDS[::5])]
     trained = evaluate(generate, prompts=train, n_per_prompt=2, progress=False)
     return {"held_out_words": held_out.tasks["text"], "training_words": trained.tasks["text"],
+            "held_out_other": against_other_words(held_out.samples),
+            "training_other": against_other_words(trained.samples),
             "same_reading": same_reading(held_out.samples + trained.samples),
             "reads": [s.reason for s in trained.samples[:6]]}
 
@@ -154,6 +232,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--no-spell", action="store_true", help="prompts as they are, no letters appended")
     parser.add_argument("--glyph", action="store_true",
                         help="also give the model the quoted word drawn: glyph tokens after the text tokens")
+    parser.add_argument("--canvas", action="store_true",
+                        help="also show the model the sign drawn where it goes: per image token, the pixels "
+                             "of the sign's drawing there (at sampling, a layout drawn from the prompt)")
     parser.add_argument("--sign-weight", type=float, default=1.0,
                         help="loss weight of the tokens the sign touches, against 1 for the rest")
     parser.add_argument("--threads", type=int, default=2)
@@ -168,6 +249,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         pipe.text_encoder.encode = with_glyphs(pipe.text_encoder.encode, pipe.text_encoder.hidden_size,
                                                pipe.text_encoder.num_layers)
     model = pipe.transformer
+    grid = args.size // pipe.codec.spatial_factor
+    if args.canvas:
+        model.img_in = canvas = CanvasInput(model.img_in, (args.size // grid) ** 2)
+        pipe.text_encoder.encode = with_canvas(pipe.text_encoder.encode, canvas, args.size, grid)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sigmas, gen = SigmaSampling(), torch.Generator().manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -178,19 +263,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
             r = read_scores(pipe, args.size)
             rows.append({"step": step, "loss": float(np.mean(losses[-100:])) if losses else None, **r})
             loss = f"{rows[-1]['loss']:.4f}" if losses else "-"
-            print(f"step {step:5d}  loss {loss}  held-out words {r['held_out_words']:.3f}  training words "
-                  f"{r['training_words']:.3f}  same reading across words {r['same_reading']:.2f}  "
+            print(f"step {step:5d}  loss {loss}  held-out words {r['held_out_words']:.3f} (other words "
+                  f"{r['held_out_other']:.3f})  training words {r['training_words']:.3f} (other words "
+                  f"{r['training_other']:.3f})  same reading across words {r['same_reading']:.2f}  "
                   f"({time.perf_counter() - start:.0f} s; {'; '.join(r['reads'])})", flush=True)
         if step == args.steps:
             break
         model.train()
-        images, prompts, boxes = zip(*(sign_scene(rng, args.size) for _ in range(args.batch_size)))
+        images, prompts, signs = zip(*(sign_scene(rng, args.size) for _ in range(args.batch_size)))
         batch = collate(list(images), list(prompts), pipe.codec)
         text = pipe.text_encoder.encode(list(prompts))
+        if args.canvas:  # the true sign in place, not the planned one
+            canvas.canvas = torch.stack([canvas_tokens(sign, args.size, grid) for sign in signs])
         sigma = sigmas.sample(torch.tensor([h * w for h, w in batch.sizes]), gen)
         x_t, target = noisy_input(batch.tokens, torch.randn(batch.tokens.shape, generator=gen), sigma)
         err = (model(x_t, text.features, sigma, batch.sizes, text.mask) - target).square().mean(-1)
-        on_sign = torch.stack([sign_tokens(box, args.size, h) for box, (h, _) in zip(boxes, batch.sizes)])
+        on_sign = torch.stack([sign_tokens(sign_box(sign, args.size, args.size), args.size, h)
+                               for sign, (h, _) in zip(signs, batch.sizes)])
         weight = 1.0 + (args.sign_weight - 1.0) * on_sign.float()
         loss = (err * weight).sum() / weight.sum()
         optimiser.zero_grad()

@@ -344,14 +344,73 @@ def test_sign_probe_glyph_tokens_show_the_word_and_the_sign_loss_weight_covers_t
     assert torch.equal(features[0, :, 2, :128], columns) and not features[1].any()
     assert features[0, :, 0, 128:144].argmax(-1).tolist() == list(range(len(columns)))  # each column's index
     assert bench.sign_tokens((8.0, 16.0, 24.0, 20.0), 64, 8).view(8, 8).nonzero().tolist() == [[2, 1], [2, 2]]
-    monkeypatch.setattr(bench, "read_scores", lambda pipe, size: {"held_out_words": 0.0, "training_words": 0.0,
-                                                                  "same_reading": 0.0, "reads": []})
+    monkeypatch.setattr(bench, "read_scores", lambda pipe, size: {
+        "held_out_words": 0.0, "training_words": 0.0, "held_out_other": 0.0, "training_other": 0.0,
+        "same_reading": 0.0, "reads": []})
     drawn_for, real_glyphs = [], bench.glyph_features
     monkeypatch.setattr(bench, "glyph_features", lambda prompts, *a: drawn_for.append(prompts) or real_glyphs(prompts, *a))
     rows = bench.main([str(tiny_model), "--steps", "2", "--batch-size", "2", "--glyph", "--no-spell",
                        "--sign-weight", "10", "--threads", str(torch.get_num_threads())])
     assert [r["step"] for r in rows] == [0, 2] and math.isfinite(rows[-1]["loss"])
     assert len(drawn_for) == 2 and all(bench.QUOTED.search(p).group(1) in TRAIN_WORDS for b in drawn_for for p in b)
+
+
+def test_sign_probe_canvas_shows_the_sign_in_place_and_starts_as_the_model(tiny_model, monkeypatch):
+    """benchmarks/sign_finetune_probe.py --canvas: the canvas tokens put back together read as the word inside
+    the planned sign's box, the same prompt always plans the same sign, the zero-initialised canvas input leaves
+    the model's output as it was, and a canvas run trains on the true signs' canvases."""
+    from PIL import Image
+
+    from lensgen.shapes.ocr import read_text
+    from lensgen.shapes.scene import sign_box
+
+    bench = _benchmark("sign_finetune_probe")
+    prompt = 'a photo of a sign reading "CAT"'
+    sign = bench.planned_sign(prompt)
+    assert sign == bench.planned_sign(prompt) and sign.word == "CAT" and bench.planned_sign("a red star") is None
+    ink = bench.canvas_tokens(sign, 64, 8).view(8, 8, 8, 8).permute(0, 2, 1, 3).reshape(64, 64)
+    assert read_text(Image.fromarray((ink * 255).byte().numpy()).convert("RGB"), sign_box(sign, 64, 64)) == "CAT"
+    assert not bench.canvas_tokens(None, 64, 8).any()
+    model = LensPipeline.from_pretrained(tiny_model).transformer
+    x, txt = torch.randn(1, 64, model.config.in_channels), torch.randn(1, 3, model.config.num_text_layers,
+                                                                       model.config.enc_hidden_dim)
+    before = model(x, txt, torch.tensor([0.5]), (8, 8))
+    model.img_in = bench.CanvasInput(model.img_in, 64)
+    model.img_in.canvas = bench.canvas_tokens(sign, 64, 8)[None]
+    assert torch.equal(model(x, txt, torch.tensor([0.5]), (8, 8)), before)
+    monkeypatch.setattr(bench, "read_scores", lambda pipe, size: {
+        "held_out_words": 0.0, "training_words": 0.0, "held_out_other": 0.0, "training_other": 0.0,
+        "same_reading": 0.0, "reads": []})
+    drawn, real_canvas = [], bench.canvas_tokens
+    monkeypatch.setattr(bench, "canvas_tokens", lambda sign, *a: drawn.append(sign) or real_canvas(sign, *a))
+    rows = bench.main([str(tiny_model), "--steps", "2", "--batch-size", "2", "--canvas", "--no-spell",
+                       "--threads", str(torch.get_num_threads())])
+    assert [r["step"] for r in rows] == [0, 2] and math.isfinite(rows[-1]["loss"])
+    assert len(drawn) == 2 * 2 * 2  # each step: the planned signs of the prompts, then the true ones
+    assert all(d.word in TRAIN_WORDS for d in drawn)
+
+
+def test_sign_probe_scores_each_reading_against_the_other_words_as_chance():
+    """sign_finetune_probe's chance baseline: a reading scored against the other words of its set, so that a
+    model writing its words scores above it and one writing the same letters whatever it is asked does not."""
+    from lensgen.eval.shapes import SampleResult
+    from lensgen.shapes.ocr import text_similarity
+
+    bench = _benchmark("sign_finetune_probe")
+
+    def sample(word, read, seed):
+        reason = "" if read == word else f"read '{read}' for '{word}'"
+        return SampleResult(id=word, task="text", prompt=f'a sign that says "{word}"', seed=seed, score=0.0,
+                            reason=reason)
+
+    written = [sample(w, w, k) for w in ("CAT", "KEY", "SKY") for k in range(2)]
+    assert bench.readings(written[:1]) == [("CAT", "CAT")]
+    # each exact word against the other two: CAT 0 (KEY 0, SKY 0), KEY and SKY 1/6 (each other 1/3, CAT 0)
+    assert bench.against_other_words(written) == pytest.approx((0 + 1 / 6 + 1 / 6) / 3)
+    soup = [sample(w, "KY", k) for w in ("CAT", "KEY", "SKY") for k in range(2)]
+    own = sum(text_similarity("KY", w) for w in ("CAT", "KEY", "SKY")) / 3
+    assert bench.against_other_words(soup) == pytest.approx(own)  # letter soup: chance equals its own score
+    assert bench.same_reading(soup) == 1.0 and bench.same_reading(written) == 0.0
 
 
 def test_self_fit_keeps_only_passing_images_best_first_on_fixed_seeds(tiny_model, prompts, monkeypatch):
