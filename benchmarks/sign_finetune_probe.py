@@ -16,9 +16,14 @@ the same whatever the word is letters matched by chance, not words written.
 `--glyph` goes further, as glyph-conditioned text renderers do: the word itself, drawn in the sign font, is
 appended to the text tokens (one token per 8 px column of the drawing, its ink values and column index), so
 the model need only copy letters it is shown; `--sign-weight` weights the loss of the tokens the sign touches.
+`--canvas` shows the word in place instead, as layout-conditioned renderers do: the transformer gets a layout
+input (`shapes.sign_layout`: per image token, the pixels of the sign drawn where it goes), trained on each
+scene's own sign; at sampling the pipeline plans a sign for the quoted word. `lensgen train-signs` is this
+run made a stage, with the rest of what the model does held by distillation.
 
     python benchmarks/sign_finetune_probe.py shapes-tiny --steps 1500      # ~14 min on 2 cores
     python benchmarks/sign_finetune_probe.py shapes-tiny --steps 1500 --glyph --no-spell --sign-weight 10
+    python benchmarks/sign_finetune_probe.py shapes-tiny --steps 1500 --canvas --no-spell --sign-weight 10
 """
 
 from __future__ import annotations
@@ -27,12 +32,10 @@ import argparse
 import functools
 import re
 import time
-import zlib
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch import nn
 
 from lensgen.eval.shapes import evaluate, pipeline_generator
 from lensgen.inference.pipeline import LensPipeline
@@ -40,19 +43,14 @@ from lensgen.models.text_encoder import TextFeatures
 from lensgen.shapes import font
 from lensgen.shapes.heldout import TRAIN_WORDS
 from lensgen.shapes.ocr import text_similarity
-from lensgen.shapes.prompt import PromptSpec, format_prompt
-from lensgen.shapes.render import render
-from lensgen.shapes.scene import Background, Scene, Sign, generate_scene, make_sign, sign_box
+from lensgen.shapes.prompt import PromptSpec
+from lensgen.shapes.scene import sign_box
+from lensgen.shapes.sign_layout import layout_tokens
 from lensgen.train.batch import collate
 from lensgen.train.objective import SigmaSampling, noisy_input
+from lensgen.train.sign_writing import sign_prompt, sign_scene, with_layout_input
 
-# (prefix, sign form) of the Shapes grammar (prompt.PREFIXES, SIGN_FORMS): 'a photo of a sign reading "CAT"', ...
-FORMS = ((0, 2), (2, 0), (3, 1), (1, 2), (3, 0))
 QUOTED = re.compile(r'"([A-Z0-9]+)"')  # a sign's word in a Shapes prompt
-
-
-def sign_prompt(word: str, k: int) -> str:
-    return format_prompt(PromptSpec(text=word), *FORMS[k % len(FORMS)])
 
 
 def spelled(prompt: str) -> str:
@@ -103,73 +101,6 @@ def with_glyphs(encode, hidden: int, layers: int):
         glyphs, gmask = glyph_features(prompts, hidden, layers)
         return TextFeatures(torch.cat([text.features, glyphs.to(text.features)], 1), torch.cat([text.mask, gmask], 1))
     return encode_with_glyphs
-
-
-class CanvasInput(nn.Module):
-    """The transformer's image-token input plus a zero-initialised projection of `canvas`: per image token, the
-    pixels of a drawing of the sign where it is to go (white board, black letters, black elsewhere), set
-    before each forward, as layout-conditioned text renderers show the model its text in place."""
-
-    def __init__(self, img_in: nn.Linear, pixels: int):
-        super().__init__()
-        self.img_in = img_in
-        self.canvas_in = nn.Linear(pixels, img_in.out_features, bias=False)
-        nn.init.zeros_(self.canvas_in.weight)
-        self.canvas: torch.Tensor | None = None  # (B, N, pixels)
-
-    @property
-    def weight(self) -> torch.Tensor:  # the transformer reads its compute dtype here
-        return self.img_in.weight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.img_in(x)
-        if self.canvas is None:
-            return h
-        if self.canvas.shape[:2] != x.shape[:2]:
-            raise ValueError(f"canvas {tuple(self.canvas.shape)} does not match image tokens {tuple(x.shape)}")
-        return h + self.canvas_in(self.canvas.to(h))
-
-
-def canvas_tokens(sign: Sign | None, size: int, grid: int) -> torch.Tensor:
-    """(grid * grid, (size / grid) ** 2): the sign alone drawn on black, cut into the token grid's patches
-    (row-major, as the image tokens), ink in [0, 1]; all zeros without a sign."""
-    p = size // grid
-    if sign is None:
-        return torch.zeros(grid * grid, p * p)
-    board = render(Scene(objects=[], background=Background("plain", 0, 0), sign=sign), size, size).convert("L")
-    ink = torch.from_numpy(np.asarray(board, dtype=np.float32) / 255.0)
-    return ink.view(grid, p, grid, p).permute(0, 2, 1, 3).flatten(2).flatten(0, 1)
-
-
-def planned_sign(prompt: str) -> Sign | None:
-    """Where a prompt's sign goes at sampling: a sign for its quoted word placed as the scene generator places
-    one, drawn from a generator seeded by the prompt (every seed of a prompt gets the same layout)."""
-    if not (m := QUOTED.search(prompt)):
-        return None
-    rng = np.random.default_rng(zlib.crc32(prompt.encode()))
-    for _ in range(100):
-        if (sign := make_sign(rng, 1.0, m.group(1))) is not None:
-            return sign
-    return None
-
-
-def with_canvas(encode, canvas_input: CanvasInput, size: int, grid: int):
-    """`encode` that also sets each prompt's planned sign as the canvas of the next forward passes."""
-    def encode_with_canvas(prompts: list[str]) -> TextFeatures:
-        canvas_input.canvas = torch.stack([canvas_tokens(planned_sign(p), size, grid) for p in prompts])
-        return encode(prompts)
-    return encode_with_canvas
-
-
-def sign_scene(rng: np.random.Generator, size: int):
-    """A training-split background with one sign of a training word and no shapes, its prompt, and the sign's
-    box in pixels."""
-    scene = generate_scene(rng, aspect=1.0, split="train")
-    scene.objects, scene.sign = [], None
-    while scene.sign is None:  # a word too long for a legible sign on this canvas is drawn again
-        scene.sign = make_sign(rng, 1.0, str(rng.choice(TRAIN_WORDS)))
-    prompt = sign_prompt(scene.sign.word, int(rng.integers(len(FORMS))))
-    return render(scene, size, size), prompt, scene.sign
 
 
 def sign_tokens(box: tuple[float, float, float, float], size: int, grid: int) -> torch.Tensor:
@@ -233,8 +164,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--glyph", action="store_true",
                         help="also give the model the quoted word drawn: glyph tokens after the text tokens")
     parser.add_argument("--canvas", action="store_true",
-                        help="also show the model the sign drawn where it goes: per image token, the pixels "
-                             "of the sign's drawing there (at sampling, a layout drawn from the prompt)")
+                        help="also show the model the sign drawn where it goes: a layout input, per image token "
+                             "the pixels of the sign's drawing there (at sampling, the pipeline plans one)")
     parser.add_argument("--sign-weight", type=float, default=1.0,
                         help="loss weight of the tokens the sign touches, against 1 for the rest")
     parser.add_argument("--threads", type=int, default=2)
@@ -249,10 +180,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         pipe.text_encoder.encode = with_glyphs(pipe.text_encoder.encode, pipe.text_encoder.hidden_size,
                                                pipe.text_encoder.num_layers)
     model = pipe.transformer
-    grid = args.size // pipe.codec.spatial_factor
-    if args.canvas:
-        model.img_in = canvas = CanvasInput(model.img_in, (args.size // grid) ** 2)
-        pipe.text_encoder.encode = with_canvas(pipe.text_encoder.encode, canvas, args.size, grid)
+    if args.canvas:  # the pipeline then plans a sign for each quoted word at sampling
+        pipe.transformer = model = with_layout_input(model, pipe.codec.spatial_factor ** 2)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sigmas, gen = SigmaSampling(), torch.Generator().manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -273,11 +202,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         images, prompts, signs = zip(*(sign_scene(rng, args.size) for _ in range(args.batch_size)))
         batch = collate(list(images), list(prompts), pipe.codec)
         text = pipe.text_encoder.encode(list(prompts))
-        if args.canvas:  # the true sign in place, not the planned one
-            canvas.canvas = torch.stack([canvas_tokens(sign, args.size, grid) for sign in signs])
+        layout = torch.from_numpy(np.stack([layout_tokens(sign, args.size, args.size, pipe.codec.spatial_factor)
+                                            for sign in signs])) if args.canvas else None  # the true sign
         sigma = sigmas.sample(torch.tensor([h * w for h, w in batch.sizes]), gen)
         x_t, target = noisy_input(batch.tokens, torch.randn(batch.tokens.shape, generator=gen), sigma)
-        err = (model(x_t, text.features, sigma, batch.sizes, text.mask) - target).square().mean(-1)
+        err = (model(x_t, text.features, sigma, batch.sizes, text.mask, layout=layout) - target).square().mean(-1)
         on_sign = torch.stack([sign_tokens(sign_box(sign, args.size, args.size), args.size, h)
                                for sign, (h, _) in zip(signs, batch.sizes)])
         weight = 1.0 + (args.sign_weight - 1.0) * on_sign.float()

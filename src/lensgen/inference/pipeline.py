@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -43,6 +44,7 @@ from lensgen.models.latent_classifier import LatentClassifier
 from lensgen.models.text_encoder import TextEncoder, TextFeatures
 from lensgen.models.transformer import LensTransformer2DModel
 from lensgen.models.vae import LatentCodec
+from lensgen.shapes.sign_layout import layout_tokens, planned_sign
 from lensgen.sizes import validate_size
 
 MODEL_INDEX = "model_index.json"
@@ -274,6 +276,9 @@ class LensPipeline:
         if classifier is None and defaults.classifier_scale > 0:
             raise UserError(f"{name}: classifier_scale {defaults.classifier_scale:g} by default, but the pipeline has "
                             f"no classifier (a folder's {CLASSIFIER_FOLDER}/)")
+        if cfg.layout_channels and cfg.layout_channels != codec.spatial_factor**2:
+            raise UserError(f"the transformer's layout input takes {cfg.layout_channels} pixels a token but the "
+                            f"codec's tokens cover {codec.spatial_factor}x{codec.spatial_factor}")
         if classifier is not None and classifier.config.channels != codec.token_channels:
             raise UserError(f"the classifier reads {classifier.config.channels}-channel tokens but the codec gives "
                             f"{codec.token_channels}")
@@ -370,6 +375,17 @@ class LensPipeline:
             return cond
         return TextFeatures.cat([cond, self.text_encoder.encode(negatives)])
 
+    def sign_layouts(self, prompts: list[str], seeds: list[int], height: int, width: int) -> torch.Tensor | None:
+        """(B, N, f*f) per-token drawings of each prompt's planned sign (`shapes.sign_layout`) for a
+        transformer with a layout input; None for one without, or when no prompt quotes a word."""
+        if not self.transformer.config.layout_channels:
+            return None
+        signs = [planned_sign(p, s, width / height) for p, s in zip(prompts, seeds)]
+        if all(sign is None for sign in signs):
+            return None
+        f = self.codec.spatial_factor
+        return torch.from_numpy(np.stack([layout_tokens(sign, height, width, f) for sign in signs]))
+
     def initial_noise(self, seeds: list[int], height: int, width: int) -> torch.Tensor:
         """(B, h*w, C) Gaussian tokens; each sample's noise depends only on its own seed."""
         f, c = self.codec.spatial_factor, self.codec.token_channels
@@ -441,9 +457,13 @@ class LensPipeline:
         text = self.encode_prompts(prompts, negative_prompt, guided)
         features = text.features.to(self.device, self.transformer.img_in.weight.dtype)
         mask = text.mask.to(self.device)
+        layout = self.sign_layouts(prompts, seeds, height, width)
+        if layout is not None:
+            layout = layout.to(self.device, features.dtype)
+            layout = torch.cat([layout, layout]) if guided else layout  # the unconditional pass sees it too
 
         def model_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            return self.transformer(x, features, sigma, grid, mask).float()
+            return self.transformer(x, features, sigma, grid, mask, layout=layout).float()
 
         velocity_fn = cfg_velocity_fn(model_fn, cfg) if guided else model_fn
         if classifier_scale > 0:

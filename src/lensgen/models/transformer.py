@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -49,6 +49,9 @@ class LensTransformerConfig:
     # the fp32 rounding order of the timestep sinusoid's angles: the released model's, or the other one
     # (the shipped Shapes model was trained with it; see TIMESTEP_ANGLE_ORDERS)
     timestep_angle_order: str = "(sigma*freqs)*1000"
+    # pixels per image token of a sign layout drawing added to the image stream (`layout_in`, see
+    # lensgen.shapes.sign_layout); 0: none, as in the released model
+    layout_channels: int = 0
 
     @property
     def width(self) -> int:
@@ -69,9 +72,17 @@ class LensTransformerConfig:
         if sum(self.axes_dims_rope) != self.attention_head_dim:
             raise ValueError(f"axes_dims_rope {self.axes_dims_rope} must sum to attention_head_dim "
                              f"{self.attention_head_dim}")
+        if self.layout_channels < 0:
+            raise ValueError(f"layout_channels must be >= 0, got {self.layout_channels}")
         if self.patch_size**2 * self.out_channels != self.in_channels:
             raise ValueError(f"in_channels {self.in_channels} must equal patch_size^2 * out_channels "
                              f"= {self.patch_size**2 * self.out_channels}")
+
+    def shares_weights_with(self, base: LensTransformerConfig) -> bool:
+        """Whether every tensor of `base` is one of this model's, of the same shape (a layout input added to a
+        model is the one difference allowed): the condition for storing this model as a difference to it."""
+        return replace(self, layout_channels=base.layout_channels) == base and \
+            base.layout_channels in (0, self.layout_channels)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -265,6 +276,15 @@ class TokenLayout:
         return torch.arange(self.num_tokens, device=device)[None] < counts[:, None]
 
 
+class ZeroLinear(nn.Linear):
+    """A Linear that starts (and resets) at zero: an input added to a trained model starts as nothing."""
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
 class LensTransformer2DModel(nn.Module):
     def __init__(self, config: LensTransformerConfig):
         super().__init__()
@@ -276,6 +296,8 @@ class LensTransformer2DModel(nn.Module):
                                       for _ in range(config.num_text_layers))
         self.txt_in = nn.Linear(config.enc_hidden_dim * config.num_text_layers, w)
         self.img_in = nn.Linear(config.in_channels, w)
+        if config.layout_channels:
+            self.layout_in = ZeroLinear(config.layout_channels, w, bias=False)
         self.transformer_blocks = nn.ModuleList(LensBlock(config) for _ in range(config.num_layers))
         self.norm_out = OutputNorm(w)
         self.proj_out = nn.Linear(w, config.patch_size**2 * config.out_channels)
@@ -287,23 +309,33 @@ class LensTransformer2DModel(nn.Module):
         sigma: torch.Tensor,
         sizes: list[tuple[int, int]] | tuple[int, int],
         txt_mask: torch.Tensor | None = None,
+        layout: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """img (B, N, C) tokens, row-major per sample and right-padded to N; txt (B, S, L, D) features;
         sigma (B,); sizes: one (h, w) for all samples or a list with one per sample; txt_mask (B, S) bool
-        or None when every text token is real. Returns the velocity (B, N, C); padded rows are garbage."""
+        or None when every text token is real; layout (B, N, layout_channels): per image token, the pixels
+        of a sign layout drawing there (models with `layout_channels` only; None: no sign). Returns the
+        velocity (B, N, C); padded rows are garbage."""
         batch = img.shape[0]
-        layout = TokenLayout([tuple(sizes)] * batch if isinstance(sizes[0], int) else [tuple(s) for s in sizes])
-        if len(layout.sizes) != batch or layout.num_tokens != img.shape[1]:
-            raise ValueError(f"sizes {layout.sizes} do not match image tokens {tuple(img.shape)}")
+        tokens = TokenLayout([tuple(sizes)] * batch if isinstance(sizes[0], int) else [tuple(s) for s in sizes])
+        if len(tokens.sizes) != batch or tokens.num_tokens != img.shape[1]:
+            raise ValueError(f"sizes {tokens.sizes} do not match image tokens {tuple(img.shape)}")
         if txt.dim() != 4 or txt.shape[2] != self.config.num_text_layers:
             raise ValueError(f"text features must be (B, S, {self.config.num_text_layers}, D), got {tuple(txt.shape)}")
         dtype = self.img_in.weight.dtype
         temb = self.time_text_embed(sigma, dtype)
         txt_h = self.txt_in(torch.cat([norm(txt[:, :, i]) for i, norm in enumerate(self.txt_norm)], dim=-1))
         img_h = self.img_in(img)
-        cos, sin = joint_rope(layout.sizes, img.shape[1], txt.shape[1], self.config.axes_dims_rope,
+        if layout is not None:
+            if not self.config.layout_channels:
+                raise ValueError("a layout was given but this transformer has no layout input (layout_channels 0)")
+            if layout.shape != (*img.shape[:2], self.config.layout_channels):
+                raise ValueError(f"layout must be {(*img.shape[:2], self.config.layout_channels)}, "
+                                 f"got {tuple(layout.shape)}")
+            img_h = img_h + self.layout_in(layout.to(img_h.dtype))
+        cos, sin = joint_rope(tokens.sizes, img.shape[1], txt.shape[1], self.config.axes_dims_rope,
                               self.config.rope_theta, device=img.device)
-        attn_mask = self.key_mask(layout, txt_mask, img.device)
+        attn_mask = self.key_mask(tokens, txt_mask, img.device)
         for block in self.transformer_blocks:
             img_h, txt_h = block(img_h, txt_h, temb, cos, sin, attn_mask)
         return self.proj_out(self.norm_out(img_h, temb))
@@ -336,10 +368,12 @@ class LensTransformer2DModel(nn.Module):
         if delta_from is not None:
             base_dir = Path(delta_from)
             base_config, base = _read_weights(base_dir, "cpu", as_base=True)
-            if base_config != self.config:
+            if not self.config.shares_weights_with(base_config):
                 raise UserError(f"cannot store the difference to {base_dir}: its transformer config differs "
                                 f"from this model's")
-            state = {k: v.detach().float().cpu() - base[k] if v.is_floating_point() else v for k, v in state.items()}
+            # a tensor the base lacks (a layout input added since) is stored whole
+            state = {k: v.detach().float().cpu() - base[k] if v.is_floating_point() and k in base else v
+                     for k, v in state.items()}
             metadata[DELTA_KEY] = os.path.relpath(base_dir.resolve(), directory.resolve())
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_json(directory / CONFIG_NAME, self.config.to_dict())
@@ -408,7 +442,7 @@ def _read_weights(directory: Path, device: str, as_base: bool = False) -> tuple[
             raise UserError(f"{directory} stores differences to {base_dir}, so it cannot be the base of another "
                             f"folder's differences: the base must hold whole weights")
         base_config, base = _read_weights(base_dir, device, as_base=True)
-        if base_config != config:
+        if not config.shares_weights_with(base_config):
             raise UserError(f"{directory} stores differences to {base_dir}, whose transformer config differs")
         state = {k: base[k] + v if k in base and v.is_floating_point() else v for k, v in state.items()}
     return config, state

@@ -60,6 +60,18 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_signs(args: argparse.Namespace) -> int:
+    from lensgen.config import load_config
+    from lensgen.train import sign_writing
+
+    summary = sign_writing.run(load_config(sign_writing.SignTrainConfig, args.config, config_overrides(args, "steps")),
+                               resume=args.resume, progress=not args.quiet)
+    print(f"trained {summary['steps']} steps ({summary['steps_per_hour']:.0f} an hour); sign loss "
+          f"{summary['last_sign_loss']:.4f} over the last 100; pipeline: {summary['final']} "
+          f"(score it: lensgen eval shapes --model {summary['final']})")
+    return 0
+
+
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p = groups[""].add_parser(
         "train", help="pretrain with mixed-resolution flow matching (CPU, GPU, or torchrun + FSDP2)",
@@ -94,3 +106,20 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     v.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=cmd_train_vae)
+
+    s = groups[""].add_parser(
+        "train-signs", help="teach a Shapes model to write a sign's word by copying a drawing of it in place",
+        description="Give a pipeline's transformer a sign layout input (per image token, the pixels of the sign "
+                    "drawn where it goes: a white board with the word in the sign font) and train it to copy it: "
+                    "flow matching on sign scenes of training words, with scenes without a sign distilled from "
+                    "the starting model so every other prompt samples as before. The exported pipeline plans a "
+                    "sign for every prompt that quotes a word and writes any word, held-out ones too. Writes "
+                    "OUT/metrics.jsonl, OUT/checkpoint.pt (resumable with --resume), OUT/final (a pipeline "
+                    "folder) and OUT/summary.json.",
+    )
+    add_config_arguments(s, "configs/shapes-signs.yaml")
+    s.add_argument("--out-dir", help="same as --set out_dir=... (default runs/train-signs)")
+    s.add_argument("--steps", type=int, help="same as --set steps=... (default 1500)")
+    s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_train_signs)
