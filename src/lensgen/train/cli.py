@@ -66,9 +66,10 @@ def cmd_train_signs(args: argparse.Namespace) -> int:
 
     summary = sign_writing.run(load_config(sign_writing.SignTrainConfig, args.config, config_overrides(args, "steps")),
                                resume=args.resume, progress=not args.quiet)
-    print(f"trained {summary['steps']} steps ({summary['steps_per_hour']:.0f} an hour); sign loss "
-          f"{summary['last_sign_loss']:.4f} over the last 100; pipeline: {summary['final']} "
-          f"(score it: lensgen eval shapes --model {summary['final']})")
+    loss = summary["last_sign_loss"]
+    print(f"trained {summary['steps']} steps ({summary['steps_per_hour']:.0f} an hour)"
+          + (f"; sign loss {loss:.4f} over the last 100" if loss is not None else "")
+          + f"; pipeline: {summary['final']} (score it: lensgen eval shapes --model {summary['final']})")
     return 0
 
 

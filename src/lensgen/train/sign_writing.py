@@ -240,10 +240,11 @@ def run(cfg: SignTrainConfig, resume: bool = False, progress: bool = True) -> di
     """Train, export OUT/final, write OUT/summary.json."""
     trainer = SignTrainer(cfg, resume=resume, progress=progress)
     start = trainer.step
-    log = trainer.train()
+    trainer.train()
     final = trainer.export()
     done = trainer.step - start
-    last = log[-100:]
+    metrics = trainer.out / "metrics.jsonl"  # the whole run's, a resumed one's earlier steps too
+    last = [json.loads(line) for line in metrics.read_text().splitlines()[-100:]] if metrics.is_file() else []
     summary = {"steps": trainer.step, "final": str(final), "train_seconds": trainer.train_seconds,
                "steps_per_hour": 3600 * done / trainer.train_seconds if done else 0.0,
                **{f"last_{k}": float(np.mean([r[k] for r in last])) if last else None
