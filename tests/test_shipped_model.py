@@ -48,7 +48,8 @@ def test_pretrained_model_images_for_fixed_seeds_are_unchanged():
 
 
 def test_default_model_is_the_rl_model_sampling_cfg_free_with_classifier_guidance_as_recorded():
-    """shapes-tiny: the RL model, stored as int4 differences to shapes-tiny-base; 20 DPM++ 2M steps at CFG 1,
+    """shapes-tiny: the RL model with a sign layout input, stored as int4 differences to shapes-tiny-base (its
+    layout input whole); 20 DPM++ 2M steps at CFG 1,
     one transformer pass per step, guided by its latent classifier (scale 20 up to sigma 0.9)."""
     pipe = LensPipeline.from_pretrained(DEFAULT_MODEL_DIR)
     assert DEFAULT_MODEL_DIR.name == "shapes-tiny"
@@ -103,3 +104,22 @@ def test_shipped_models_fit_the_package_budget():
     """Everything under lensgen/assets (the RL, pretrained and Turbo models) stays under 40 MB."""
     total = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.parent.rglob("*") if p.is_file())
     assert total < 40e6, f"{total / 1e6:.1f} MB"
+
+
+def test_the_default_writes_words_it_was_never_trained_on_where_the_pretrained_model_writes_none():
+    """The default's sign layout input (`lensgen train-signs`): for words held out of every training stage its
+    signs read as the word or close to it (the judge's OCR, 1 - normalised edit distance), the pretrained
+    model's as nothing like it. Recorded: 0.708 mean and two exact reads, against 0.0."""
+    from lensgen.eval.shapes import score_image
+    from lensgen.shapes.heldout import TRAIN_WORDS
+    from lensgen.shapes.prompt import parse_prompt
+
+    prompts = ['a sign that says "LENS"', 'a photo of a sign reading "WIND"', 'a sign with the word "PARK"']
+    assert not {parse_prompt(p).text for p in prompts} & set(TRAIN_WORDS)
+    asked, seeds = [p for p in prompts for _ in range(2)], [s for _ in prompts for s in range(2)]
+    scores = {}
+    for model in ("shapes-tiny", "shapes-tiny-base"):
+        images = LensPipeline.from_pretrained(model)(asked, seed=seeds)
+        scores[model] = [score_image(parse_prompt(p), im)[0] for p, im in zip(asked, images)]
+    assert sum(scores["shapes-tiny"]) / 6 >= 0.5 and scores["shapes-tiny"].count(1.0) >= 1, scores
+    assert sum(scores["shapes-tiny-base"]) / 6 <= 0.2, scores
