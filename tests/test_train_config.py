@@ -72,7 +72,8 @@ def test_overrides_fill_empty_sections_and_refuse_non_sections(tmp_path):
 
 
 def test_shipped_config_describes_the_shipped_model(monkeypatch):
-    """configs/shapes-tiny.yaml builds the shipped model's transformer shape and loads its very codec."""
+    """configs/shapes-tiny.yaml builds the shipped models' transformer shape (the default's adds the sign stage's
+    layout input) and loads their very codec."""
     import json
     from dataclasses import asdict
 
@@ -85,8 +86,11 @@ def test_shipped_config_describes_the_shipped_model(monkeypatch):
     monkeypatch.chdir(CONFIGS.parent.parent)  # the config works from any folder
     cfg = load_config(CONFIGS / "shapes-tiny.yaml")
     shipped = json.loads((DEFAULT_MODEL_DIR / "transformer" / "config.json").read_text())
+    pretrained = json.loads((DEFAULT_MODEL_DIR.parent / "shapes-tiny-base" / "transformer" / "config.json").read_text())
     built = asdict(transformer_config(cfg.model))
-    assert {k: shipped[k] for k in built} == {k: list(v) if isinstance(v, tuple) else v for k, v in built.items()}
+    assert {k: pretrained.get(k, 0) for k in built} == {k: list(v) if isinstance(v, tuple) else v
+                                                        for k, v in built.items()}
+    assert {**shipped, "layout_channels": 0} == {**pretrained, "layout_channels": 0} and shipped["layout_channels"] == 64
     codec, shipped_codec = build_codec(cfg.model.codec), load_codec(DEFAULT_MODEL_DIR / "vae")
     assert (codec.spatial_factor, codec.token_channels) == (shipped_codec.spatial_factor, shipped_codec.token_channels)
     for a, b in zip(codec.state_dict().values(), shipped_codec.state_dict().values()):

@@ -31,9 +31,10 @@ from lensgen.config import Validated
 from lensgen.data.buckets import BucketTable
 from lensgen.errors import UserError
 from lensgen.images import image_to_tensor
-from lensgen.io import atomic_open, atomic_write_json, atomic_write_text
+from lensgen.io import atomic_open, atomic_write_json
 from lensgen.models.vae import Flux2VAECodec, flux2_spatial_factor, load_codec, patchify
 from lensgen.shapes import generate_scene, render
+from lensgen.train.checkpoint import truncate_metrics
 from lensgen.train.trainer import lr_at
 
 # The Shapes VAE: diffusers' AutoencoderKLFlux2, sized for tens of images per second of training on 2 cores.
@@ -161,7 +162,7 @@ class VAETrainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.generator.set_state(state["generator"])
             self.step = state["step"]
-        self._trim_metrics()
+        truncate_metrics(self.out / "metrics.jsonl", self.step)  # what a killed run logged after its checkpoint
 
     def build_vae(self):
         return build_vae(self.cfg.vae)
@@ -171,14 +172,6 @@ class VAETrainer:
 
     def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict]:
         return vae_loss(self.vae, images, self.cfg.kl_weight, self.generator)
-
-    def _trim_metrics(self) -> None:
-        """metrics.jsonl keeps each step once: a fresh run starts it anew, a resumed one drops the lines a
-        killed run logged after its last checkpoint."""
-        path = self.out / "metrics.jsonl"
-        if path.is_file():
-            lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
-            atomic_write_text(path, "".join(ln + "\n" for ln in lines))
 
     def batch(self, step: int, count: int | None = None) -> torch.Tensor:
         """Step `step`'s scenes (`count` of them, batch_size by default), all at one bucket's size."""

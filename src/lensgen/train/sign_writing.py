@@ -31,7 +31,7 @@ from PIL import Image
 
 from lensgen.config import Validated
 from lensgen.errors import UserError
-from lensgen.io import atomic_open, atomic_write_json, atomic_write_text
+from lensgen.io import atomic_open, atomic_write_json
 from lensgen.models.transformer import LensTransformer2DModel
 from lensgen.models.weight_storage import STORAGES
 from lensgen.shapes.captions import short_caption
@@ -41,6 +41,7 @@ from lensgen.shapes.render import render
 from lensgen.shapes.scene import Sign, generate_scene, make_sign
 from lensgen.shapes.sign_layout import layout_tokens
 from lensgen.train.batch import collate
+from lensgen.train.checkpoint import truncate_metrics
 from lensgen.train.objective import SigmaSampling, noisy_input
 from lensgen.train.trainer import lr_at
 
@@ -146,14 +147,7 @@ class SignTrainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.step = state["step"]
-        self._trim_metrics()
-
-    def _trim_metrics(self) -> None:
-        """metrics.jsonl keeps each step once: a resumed run drops what a killed one logged after its checkpoint."""
-        path = self.out / "metrics.jsonl"
-        if path.is_file():
-            lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
-            atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+        truncate_metrics(self.out / "metrics.jsonl", self.step)  # what a killed run logged after its checkpoint
 
     def loss(self, step: int) -> tuple[torch.Tensor, dict]:
         """Step `step`'s loss: flow matching on sign scenes with their layouts, plus the anchor's distillation."""
