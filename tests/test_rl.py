@@ -328,6 +328,13 @@ def test_sign_from_sigma_benchmark_reads_true_signs_and_starts_each_model_at_eac
         bench.main([str(tiny_model), "--levels", "0"])
 
 
+def _skip_sign_reading(bench, monkeypatch) -> None:
+    """The sign probe's sampling check stubbed: the OCR over 120 images is the slow part."""
+    monkeypatch.setattr(bench, "read_scores", lambda pipe, size: {
+        "held_out_words": 0.0, "training_words": 0.0, "held_out_other": 0.0, "training_other": 0.0,
+        "same_reading": 0.0, "reads": []})
+
+
 def test_sign_probe_glyph_tokens_show_the_word_and_the_sign_loss_weight_covers_the_sign(tiny_model, monkeypatch):
     """benchmarks/sign_finetune_probe.py --glyph: the glyph tokens put back together read as the word; a prompt
     without a quoted word gets none; the sign's tokens are those its box touches; and a glyph run with the sign
@@ -346,9 +353,7 @@ def test_sign_probe_glyph_tokens_show_the_word_and_the_sign_loss_weight_covers_t
     assert torch.equal(features[0, :, 2, :128], columns) and not features[1].any()
     assert features[0, :, 0, 128:144].argmax(-1).tolist() == list(range(len(columns)))  # each column's index
     assert bench.sign_tokens((8.0, 16.0, 24.0, 20.0), 64, 8).view(8, 8).nonzero().tolist() == [[2, 1], [2, 2]]
-    monkeypatch.setattr(bench, "read_scores", lambda pipe, size: {
-        "held_out_words": 0.0, "training_words": 0.0, "held_out_other": 0.0, "training_other": 0.0,
-        "same_reading": 0.0, "reads": []})
+    _skip_sign_reading(bench, monkeypatch)
     drawn_for, real_glyphs = [], bench.glyph_features
     monkeypatch.setattr(bench, "glyph_features", lambda prompts, *a: drawn_for.append(prompts) or real_glyphs(prompts, *a))
     rows = bench.main([str(tiny_model), "--steps", "2", "--batch-size", "2", "--glyph", "--no-spell",
@@ -361,9 +366,7 @@ def test_sign_probe_canvas_trains_the_layout_input_on_each_scenes_own_sign(tiny_
     """benchmarks/sign_finetune_probe.py --canvas: the transformer gets a layout input and each step passes the
     true signs' layouts (the sampling check stubbed)."""
     bench = _benchmark("sign_finetune_probe")
-    monkeypatch.setattr(bench, "read_scores", lambda pipe, size: {
-        "held_out_words": 0.0, "training_words": 0.0, "held_out_other": 0.0, "training_other": 0.0,
-        "same_reading": 0.0, "reads": []})
+    _skip_sign_reading(bench, monkeypatch)
     drawn, real_layout = [], bench.layout_tokens
     monkeypatch.setattr(bench, "layout_tokens", lambda sign, *a: drawn.append(sign) or real_layout(sign, *a))
     rows = bench.main([str(tiny_model), "--steps", "2", "--batch-size", "2", "--canvas", "--no-spell",
