@@ -41,7 +41,7 @@ from lensgen.models.latent_classifier import guidance
 
 PROMPTS = ["a photo of a red circle", "a blue square above a yellow triangle", "three green stars",
            "a photo of a purple hexagon", "a white heart to the left of an orange circle",
-           "a sign that says LENS", "two pink squares", "a black triangle below a brown star"]
+           'a sign that says "LENS"', "two pink squares", "a black triangle below a brown star"]
 
 
 class PassCounter:

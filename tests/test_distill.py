@@ -242,3 +242,41 @@ def test_a_lighter_decoder_for_the_teachers_vae_is_exported_with_the_student(tmp
     Flux2VAECodec(other).save_pretrained(tmp_path / "other")
     with pytest.raises(UserError, match=r"model.codec .* encodes images to other tokens"):
         TurboTrainer(config(tmp_path, teacher, "other", 1, f"model.codec={tmp_path / 'other'}"), progress=False)
+
+
+def test_a_teacher_with_a_layout_input_gets_each_quoting_prompts_planned_sign(tmp_path, monkeypatch):
+    """The student samples as the pipeline does: a prompt quoting a word gets its planned sign as the layout on
+    every pass of the teacher, the student and the fake score's flow matching (one for the batch, zeros for a
+    prompt that quotes nothing); the GAN's passes, real images included, see the prompt alone."""
+    import lensgen.distill.turbo as turbo
+
+    torch.manual_seed(0)
+    transformer = LensTransformer2DModel(replace(preset("shapes-tiny"), num_layers=2, num_attention_heads=1,
+                                                 layout_channels=64))
+    pipe = LensPipeline(transformer, build_codec({"backend": "flux2-vae"}), build_text_encoder({"backend": "minilm"}),
+                        PipelineDefaults(height=32, width=32, steps=6, cfg=1.0, max_side=128, schedule="train"),
+                        name="tiny teacher with a layout input")
+    pipe.save_pretrained(tmp_path / "teacher")
+    quoting = 'a sign that says "CAT"'
+    real_pick = turbo.pick_caption
+    calls = iter(range(10**6))
+    monkeypatch.setattr(turbo, "pick_caption", lambda *a: quoting if next(calls) % 2 == 0 else real_pick(*a))
+    trainer = TurboTrainer(config(tmp_path, tmp_path / "teacher", "layout", 1), progress=False)
+    seen = {"teacher": [], "student": [], "fake": []}
+    for name in seen:
+        getattr(trainer, name).register_forward_hook(
+            lambda module, args, kwargs, output, name=name: seen[name].append(kwargs.get("layout")), with_kwargs=True)
+    metrics = trainer.distill_step()
+    assert all(m == m for m in metrics.values())
+    assert seen["teacher"] and seen["student"] and all(x is not None for x in seen["teacher"] + seen["student"])
+    layout = seen["student"][0]
+    assert all(torch.equal(x, layout) for x in seen["student"])
+    assert all(torch.equal(x, torch.cat([layout] * (x.shape[0] // layout.shape[0]))) for x in seen["teacher"])
+    assert layout.shape[::2] == (2, 64) and layout[0].any() and not layout[1].any()
+    assert 0.05 < float(layout[0].mean()) < 0.9  # a white board on black, letters cut out of it
+    with_layout = [x for x in seen["fake"] if x is not None]
+    assert len(with_layout) == 1 + 2 and all(torch.equal(x, layout) for x in with_layout)  # DMD + 2 fake updates
+    # the GAN's reads, without it: the generator's, then per update the student's images, the real ones, R1's two
+    assert len(seen["fake"]) - len(with_layout) == 1 + 2 * 4
+    student = LensPipeline.from_pretrained(trainer.export(tmp_path / "export")).transformer
+    assert student.config.layout_channels == 64

@@ -237,9 +237,8 @@ def _sign_prompts(tmp_path, prompts, only_signs: bool = False):
 
 def test_reward_backprop_learns_a_signs_word_with_text_weight(tmp_path, prompts):
     """With backprop.text_weight the sign prompts count: on prompts that ask for a sign and nothing else, the
-    OCR's log-likelihood of the asked word is the whole reward (the pretrained model draws their signs; the
-    default draws its signs from a layout, which RL's sampler does not give), and its gradient reaches the
-    weights and moves them."""
+    OCR's log-likelihood of the asked word is the whole reward (the pretrained model draws their signs), and its
+    gradient reaches the weights and moves them."""
     run = RewardBackpropTrainer(config(tmp_path, PRETRAINED, _sign_prompts(tmp_path, prompts, only_signs=True),
                                        "signs", 1, *BACKPROP, "backprop.text_weight=0.1", "data.prompts_per_step=2"),
                                 progress=False)
@@ -250,6 +249,68 @@ def test_reward_backprop_learns_a_signs_word_with_text_weight(tmp_path, prompts)
     start = LensTransformer2DModel.from_pretrained(PRETRAINED / "transformer").state_dict()
     trained = LensTransformer2DModel.from_pretrained(tmp_path / "signs" / "final" / "transformer").state_dict()
     assert any(not torch.equal(start[k], trained[k]) for k in start)
+
+
+def test_a_model_with_a_layout_input_samples_and_trains_with_each_quoting_prompts_planned_sign(tmp_path, prompts):
+    """RL samples as the pipeline does: a prompt quoting a word gets its planned sign (from the prompt and the
+    image's noise seed) as the layout, on the collection's passes and on the loss's passes of the policy, the
+    old policy and the reference; a prompt that quotes nothing gets none. Both objectives."""
+    from lensgen.rl.batches import noise_seed
+    from lensgen.shapes.sign_layout import planned_layouts
+
+    torch.manual_seed(0)
+    transformer = LensTransformer2DModel(replace(preset("shapes-tiny"), num_layers=1, num_attention_heads=1,
+                                                 layout_channels=64))
+    LensPipeline(transformer, build_codec({"backend": "flux2-vae"}), build_text_encoder({"backend": "minilm"}),
+                 PipelineDefaults(height=32, width=32, steps=3, cfg=1.0, max_side=128, schedule="train"),
+                 name="tiny random with a layout input").save_pretrained(tmp_path / "model")
+    records = load_rl_prompts(prompts)
+    mixed = [next(p for p in records if asked_word(p)), next(p for p in records if not asked_word(p))]
+    write_rl_prompts(tmp_path / "mixed.jsonl", mixed, {"mode": "shapes"})
+
+    trainer = NFTTrainer(config(tmp_path, tmp_path / "model", tmp_path / "mixed.jsonl", "nft", 1), progress=False)
+    seen = {"policy": [], "old": [], "reference": []}
+    for name, module in (("policy", trainer.policy.model), ("old", trainer.policy.old_module),
+                         ("reference", trainer.policy.reference)):
+        module.register_forward_hook(lambda m, args, kwargs, out, name=name: seen[name].append(kwargs["layout"]),
+                                     with_kwargs=True)
+    collected, sampling = [], []
+    original = trainer.train_on
+    trainer.train_on = lambda samples: collected.extend(samples) or sampling.extend(seen["old"]) or original(samples)
+    trainer.rl_step()
+    f = trainer.codec.spatial_factor
+    expected = []
+    for s in collected:
+        prompt = trainer.prompts[s.job.prompt].prompt
+        if asked_word(trainer.prompts[s.job.prompt]) is None:
+            assert s.layout is None
+            continue
+        seed = noise_seed(trainer.cfg.optim.seed, 0, s.job.slot, s.job.index)
+        plan = planned_layouts([prompt], [seed], s.grid[0] * f, s.grid[1] * f, f)[0]
+        assert s.layout is not None and torch.equal(s.layout, torch.from_numpy(plan))
+        expected.append(s.layout)
+    assert expected and len(expected) < len(collected)
+    for name, layouts in seen.items():
+        given = [x for x in layouts if x is not None]
+        assert given, f"{name}: no pass got a layout"
+        rows = [row for x in given for row in x]
+        assert all(not row.any() or any(torch.equal(row, e) for e in expected) for row in rows), name
+    assert any(x is not None for x in sampling)  # the collection's passes
+
+    trainer = RewardBackpropTrainer(config(tmp_path, tmp_path / "model", tmp_path / "mixed.jsonl", "backprop", 1,
+                                           *BACKPROP, "data.prompts_per_step=2", "backprop.text_weight=0.1"),
+                                    progress=False)
+    seen = {"policy": [], "reference": []}
+    for name, module in (("policy", trainer.policy.model), ("reference", trainer.policy.reference)):
+        module.register_forward_hook(lambda m, args, kwargs, out, name=name: seen[name].append(kwargs["layout"]),
+                                     with_kwargs=True)
+    planned, plan = [], trainer.sign_layouts
+    trainer.sign_layouts = lambda batch, grid: planned.append(plan(batch, grid)) or planned[-1]
+    trainer.rl_step()
+    assert any(x is not None for x in planned)
+    for name, layouts in seen.items():
+        assert any(x is not None for x in layouts), name
+        assert all(any(x is y for y in planned) for x in layouts), name  # each batch's own plan
 
 
 def _benchmark(name: str):

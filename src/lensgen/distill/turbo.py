@@ -5,7 +5,8 @@ teacher, samples on a fixed `turbo.steps` Euler grid) and the fake score (starts
 the student's distribution online by flow matching). A discriminator head reads the fake score's image
 tokens at one block. One step:
 
-1. a batch of prompts (and their real images, for the GAN) from the data source, all one size;
+1. a batch of prompts (and their real images, for the GAN) from the data source, all one size; for a teacher with
+   a sign layout input, each quoting prompt's planned sign, given to every pass as the pipeline gives it;
 2. backward simulation: from noise the student runs k of its own steps (k random, no gradient), so its
    input at step k is exactly what inference gives it; its velocity there makes the clean estimate x0;
 3. the student's losses on x0: decoupled DMD (distribution matching + CFG augmentation, each re-noised
@@ -43,6 +44,7 @@ from lensgen.io import atomic_write_json
 from lensgen.models.text_encoder import TextFeatures
 from lensgen.models.transformer import LensTransformer2DModel
 from lensgen.models.vae import check_same_latents, load_codec
+from lensgen.shapes.sign_layout import planned_layouts
 from lensgen.train import checkpoint as ckpt
 from lensgen.train.batch import collate
 from lensgen.train.ema import EMA
@@ -163,24 +165,43 @@ class TurboTrainer:
         both = TextFeatures.cat([self.text_encoder.encode(prompts), self.text_encoder.encode([""] * len(prompts))])
         feats, mask = both.features.to(self.device, dtype), both.mask.to(self.device)
         n = len(prompts)
-        text = ((feats[:n], mask[:n]), (feats[n:], mask[n:]))  # (cond, uncond), padded to one length
+        layout = self._layouts(prompts, grid)  # the unconditional pass sees it too, as at sampling
+        text = ((feats[:n], mask[:n], layout), (feats[n:], mask[n:], layout))  # (cond, uncond), one length
         return real.tokens.to(self.device).float(), grid, text
 
+    def _layouts(self, prompts: list[str], grid) -> torch.Tensor | None:
+        """The planned signs of the prompts that quote a word (`shapes.sign_layout`) for a teacher with a layout
+        input, as the pipeline plans them at sampling; seeded by (seed, step, rank, item)."""
+        if not self.teacher.config.layout_channels:
+            return None
+        f = self.codec.spatial_factor
+        seeds = [_seed(self.cfg.optim.seed, self.step, self.info.rank, i) % 2**31 for i in range(len(prompts))]
+        layouts = planned_layouts(prompts, seeds, grid[0] * f, grid[1] * f, f)
+        return None if layouts is None else torch.from_numpy(layouts).to(self.device, torch.float32)
+
+    @staticmethod
+    def _without_layout(text):
+        """The GAN's conditioning: the prompt alone. Its real images' signs are not where a plan puts them, so a
+        discriminator shown the layout could tell a sign drawn in place from a real one."""
+        return (text[0], text[1], None)
+
     def _velocity(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, grid, text) -> torch.Tensor:
-        feats, mask = text
+        feats, mask, layout = text
+        if layout is not None:
+            layout = layout.to(feats.dtype)
         with self.autocast:
-            return model(x, feats, sigma.to(self.device, torch.float32), grid, mask).float()
+            return model(x, feats, sigma.to(self.device, torch.float32), grid, mask, layout=layout).float()
 
     @torch.no_grad()
     def _teacher(self, x: torch.Tensor, sigma: torch.Tensor, grid, text) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's (conditional, guided) velocities; one batched pass over [cond; uncond], or the conditional
         pass alone for a teacher used without guidance (CFG 1: an RL model that samples CFG-free)."""
-        (cf, cm), (uf, um) = text
+        cond, uncond = text
         if self.cfg_scale == 1.0:
-            v_cond = self._velocity(self.teacher, x, sigma, grid, (cf, cm))
+            v_cond = self._velocity(self.teacher, x, sigma, grid, cond)
             return v_cond, v_cond
         both = self._velocity(self.teacher, torch.cat([x, x]), torch.cat([sigma, sigma]), grid,
-                              (torch.cat([cf, uf]), torch.cat([cm, um])))
+                              tuple(None if a is None else torch.cat([a, b]) for a, b in zip(cond, uncond)))
         v_cond, v_uncond = both.chunk(2)
         return v_cond, guided_velocity(v_cond, v_uncond, self.cfg_scale)
 
@@ -243,7 +264,7 @@ class TurboTrainer:
             loss = loss + loss_cfg.isg_weight * self._isg(x_k, k, v, sigmas, grid, text, gen, metrics)
         if loss_cfg.gan_weight:
             x_t, s, _ = self._renoise(x0, loss_cfg.dm_sigma, gen)
-            _, logits = self._logits(x_t, s, grid, cond_text)
+            _, logits = self._logits(x_t, s, grid, self._without_layout(cond_text))
             g_loss = L.generator_gan_loss(logits)
             metrics["gan_generator"] = float(g_loss.detach())
             loss = loss + loss_cfg.gan_weight * g_loss
@@ -265,16 +286,18 @@ class TurboTrainer:
         for _ in range(loss_cfg.fake_updates):
             x_t, s, eps = self._renoise(x0, [0.001, 0.999], gen)
             v_fake, fake_logits = self._logits(x_t, s, grid, cond_text)
+            if loss_cfg.gan_weight and cond_text[2] is not None:  # the discriminator's read without the layout
+                fake_logits = self._logits(x_t, s, grid, self._without_layout(cond_text))[1]
             f_loss = L.fake_score_loss(v_fake, x0, eps)
             metrics["fake_score"] = metrics.get("fake_score", 0.0) + float(f_loss.detach()) / loss_cfg.fake_updates
             total = f_loss
             if loss_cfg.gan_weight:
                 r_t, r_s, _ = self._renoise(real, [0.001, 0.999], gen)
-                _, real_logits = self._logits(r_t, r_s, grid, cond_text)
+                _, real_logits = self._logits(r_t, r_s, grid, self._without_layout(cond_text))
                 d_loss = L.discriminator_gan_loss(real_logits, fake_logits)
 
                 def discriminator(x, r_s=r_s):
-                    return self._logits(x, r_s, grid, cond_text)[1]
+                    return self._logits(x, r_s, grid, self._without_layout(cond_text))[1]
 
                 r1 = L.approximate_r1(discriminator, r_t, loss_cfg.r1_noise, generator=gen)
                 share = 1.0 / loss_cfg.fake_updates

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -44,7 +43,7 @@ from lensgen.models.latent_classifier import LatentClassifier
 from lensgen.models.text_encoder import TextEncoder, TextFeatures
 from lensgen.models.transformer import LensTransformer2DModel
 from lensgen.models.vae import LatentCodec
-from lensgen.shapes.sign_layout import layout_tokens, planned_sign
+from lensgen.shapes.sign_layout import planned_layouts
 from lensgen.sizes import validate_size
 
 MODEL_INDEX = "model_index.json"
@@ -380,11 +379,8 @@ class LensPipeline:
         transformer with a layout input; None for one without, or when no prompt quotes a word."""
         if not self.transformer.config.layout_channels:
             return None
-        signs = [planned_sign(p, s, width / height) for p, s in zip(prompts, seeds)]
-        if all(sign is None for sign in signs):
-            return None
-        f = self.codec.spatial_factor
-        return torch.from_numpy(np.stack([layout_tokens(sign, height, width, f) for sign in signs]))
+        layouts = planned_layouts(prompts, seeds, height, width, self.codec.spatial_factor)
+        return None if layouts is None else torch.from_numpy(layouts)
 
     def initial_noise(self, seeds: list[int], height: int, width: int) -> torch.Tensor:
         """(B, h*w, C) Gaussian tokens; each sample's noise depends only on its own seed."""

@@ -65,14 +65,15 @@ class RewardBackpropTrainer(NFTTrainer):
         for batch in by_bucket(jobs, lambda j: j.bucket, cfg.sample.batch_size):
             grid, noise = self.starting_noise(batch)
             feats, mask = self._features([self.prompts[j.prompt].prompt for j in batch])
+            layout = self.sign_layouts(batch, grid)
             batch_gaps: list[torch.Tensor] = []
 
-            def velocity(x, sigma, feats=feats, mask=mask, grid=grid, batch_gaps=batch_gaps):
+            def velocity(x, sigma, feats=feats, mask=mask, grid=grid, batch_gaps=batch_gaps, layout=layout):
                 tracked = float(sigma[0]) <= b.grad_below
                 with torch.set_grad_enabled(tracked), self.autocast:
-                    v = self.policy(x, feats, sigma, grid, mask).float()
+                    v = self.policy(x, feats, sigma, grid, mask, layout=layout).float()
                 if tracked and o.kl_weight:
-                    v_ref = self.reference_velocity(x.detach(), feats, mask, sigma, grid)
+                    v_ref = self.reference_velocity(x.detach(), feats, mask, sigma, grid, layout=layout)
                     batch_gaps.append((v - v_ref).square().mean())
                 return v if tracked else v.detach()
 

@@ -5,7 +5,8 @@ deterministic solver (each sampler call one size; scoring of a batch runs in a t
 batch samples); rewards become group advantages (statistics over the whole group, gathered across
 ranks; a sample whose reward failed is left out); the policy trains with the NFT loss on the collected
 images at the sampler's own noise levels (`optim.updates_per_step` optimiser steps); the evaluation EMA
-and the old policy follow. Checkpoints hold everything a resumed run needs, so stopping and resuming gives
+and the old policy follow. A model with a sign layout input gets each quoting prompt's planned sign on every
+pass, as the pipeline gives it. Checkpoints hold everything a resumed run needs, so stopping and resuming gives
 the same losses.
 """
 
@@ -40,6 +41,7 @@ from lensgen.rl.policy import PolicyModels
 from lensgen.rl.ptx import PretrainAnchor
 from lensgen.rl.report import reward_plot_png
 from lensgen.rl.rewards import AsyncRewards, RewardResult, build_reward, reward_stats
+from lensgen.shapes.sign_layout import planned_layouts
 from lensgen.train import checkpoint as ckpt
 from lensgen.train.ema import EMA
 from lensgen.train.parallel import DistInfo, apply_fsdp, full_tensor
@@ -49,11 +51,13 @@ from lensgen.train.trainer import build_optimizer, parallelize, start_run, tenso
 
 @dataclass
 class Sample:
-    """A collected image: its job, clean tokens (N, C) on CPU, token grid, reward and whether it is valid."""
+    """A collected image: its job, clean tokens (N, C) on CPU, token grid, reward and whether it is valid;
+    the sign layout (N, f*f) it was sampled with, for a model with a layout input and a prompt quoting a word."""
 
     job: Job
     tokens: torch.Tensor
     grid: tuple[int, int]
+    layout: torch.Tensor | None = None
     reward: float = 0.0
     valid: bool = True
     advantage: float = 0.0
@@ -150,6 +154,16 @@ class NFTTrainer:
     def _dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.bf16 else torch.float32
 
+    def sign_layouts(self, batch: list[Job], grid: tuple[int, int]) -> torch.Tensor | None:
+        """(B, N, f*f) each job's planned sign (zeros for a prompt that quotes nothing) for a model with a layout
+        input, as the pipeline plans it from the prompt and the job's noise seed; None when none is needed."""
+        if not self.policy.model.config.layout_channels:
+            return None
+        f = self.codec.spatial_factor
+        seeds = [noise_seed(self.cfg.optim.seed, self.step, j.slot, j.index) for j in batch]
+        layouts = planned_layouts([self.prompts[j.prompt].prompt for j in batch], seeds, grid[0] * f, grid[1] * f, f)
+        return None if layouts is None else torch.from_numpy(layouts).to(self.device, self._dtype)
+
     def starting_noise(self, batch: list[Job]) -> tuple[tuple[int, int], torch.Tensor]:
         """The token grid of a batch's bucket (one per batch) and each job's seeded starting noise: the same
         images on any world size and after a resume."""
@@ -173,10 +187,11 @@ class NFTTrainer:
             grid, noise = self.starting_noise(batch)
             texts = [self.prompts[j.prompt].prompt for j in batch]
             feats, mask = self._features(texts)
+            layout = self.sign_layouts(batch, grid)
 
-            def velocity(x, sigma, feats=feats, mask=mask, grid=grid):
+            def velocity(x, sigma, feats=feats, mask=mask, grid=grid, layout=layout):
                 with self.autocast:
-                    return self.policy.old(x, feats, sigma, grid, mask).float()
+                    return self.policy.old(x, feats, sigma, grid, mask, layout=layout).float()
 
             if cfg.sample.classifier_scale:  # guided toward each prompt's words, as the shipped pipeline samples
                 velocity = guided_velocity_fn(velocity, self.classifier, grid, texts, cfg.sample.classifier_scale,
@@ -187,7 +202,8 @@ class NFTTrainer:
                 continue  # a padding batch: ran only to keep the ranks' collectives in step
             latents = tokens.transpose(1, 2).unflatten(2, grid)
             images = to_pil(self.codec.decode(latents.to(self.codec.dtype)).float().clamp(-1, 1))
-            made = [Sample(j, t.cpu(), grid) for j, t in zip(batch, tokens)]
+            made = [Sample(j, t.cpu(), grid, None if layout is None or not layout[i].any() else layout[i].cpu())
+                    for i, (j, t) in enumerate(zip(batch, tokens))]
             rubrics = [self.rubrics[j.prompt] for j in batch]
             pending.append((made, self.scorer.submit(images, texts, rubrics)))
             samples += made
@@ -281,6 +297,7 @@ class NFTTrainer:
             feats, mask = self._features([self.prompts[s.job.prompt].prompt for s in batch])
             uncond = self._features([""] * len(batch)) if o.kl_weight and o.kl_guidance != 1 else None
             x0 = torch.stack([s.tokens for s in batch]).to(self.device)
+            layout = _stacked_layouts(batch, self.device, self._dtype)
             rubrics = [self.rubrics[s.job.prompt] for s in batch] if self.classifier is not None else None
             r = nft.optimality(torch.tensor([s.advantage for s in batch]), o.adv_clip).to(self.device)
             sigmas = self.sigmas(grid, cfg.sample.steps)[:grid_levels].float()
@@ -293,9 +310,9 @@ class NFTTrainer:
                 s_ = sigma[:, None, None]
                 x_t = (1 - s_) * x0 + s_ * eps
                 with self.autocast:
-                    v_old = self.policy.old(x_t, feats, sigma, grid, mask).float()
-                    v_ref = self.reference_velocity(x_t, feats, mask, sigma, grid, uncond, rubrics)
-                    v = self.policy(x_t, feats, sigma, grid, mask).float()
+                    v_old = self.policy.old(x_t, feats, sigma, grid, mask, layout=layout).float()
+                    v_ref = self.reference_velocity(x_t, feats, mask, sigma, grid, uncond, rubrics, layout)
+                    v = self.policy(x_t, feats, sigma, grid, mask, layout=layout).float()
                 loss, parts = nft.nft_loss(v, v_old, x_t, x0, sigma, r, beta=o.nft_beta, v_ref=v_ref,
                                            kl_weight=o.kl_weight, adv_clip=o.adv_clip,
                                            adaptive=o.adaptive_weight)
@@ -309,20 +326,22 @@ class NFTTrainer:
     @torch.no_grad()
     def reference_velocity(self, x_t: torch.Tensor, feats: torch.Tensor, mask: torch.Tensor, sigma: torch.Tensor,
                            grid: tuple[int, int], uncond: tuple[torch.Tensor, torch.Tensor] | None = None,
-                           rubrics: list[dict] | None = None) -> torch.Tensor | None:
+                           rubrics: list[dict] | None = None, layout: torch.Tensor | None = None
+                           ) -> torch.Tensor | None:
         """What the KL term pulls toward (None without one): the reference's velocity, guided as the sampler
         guides (`guided_velocity`, the empty prompt as the unconditional) when `optim.kl_guidance` is not 1,
         so that the CFG-free policy learns what the reference draws with CFG; with `optim.kl_classifier`, plus
         that latent classifier's guidance toward each sample's rubric (`rubrics`, one per sample). `uncond`:
         the empty prompt's features and mask for this batch, if the caller already encoded them (one encode
-        per micro-batch)."""
-        v = self.policy.ref(x_t, feats, sigma, grid, mask)
+        per micro-batch). `layout`: the samples' sign layouts, given to both passes as the pipeline does."""
+        v = self.policy.ref(x_t, feats, sigma, grid, mask, layout=layout)
         if v is None:
             return None
         v, o = v.float(), self.cfg.optim
         if o.kl_guidance != 1:
             empty, empty_mask = uncond if uncond is not None else self._features([""] * len(x_t))
-            v = guided_velocity(v, self.policy.ref(x_t, empty, sigma, grid, empty_mask).float(), o.kl_guidance)
+            v = guided_velocity(v, self.policy.ref(x_t, empty, sigma, grid, empty_mask, layout=layout).float(),
+                                o.kl_guidance)
         if self.classifier is not None and rubrics is not None:
             v = v + guidance(self.classifier, x_t, sigma, grid, rubrics, o.kl_classifier_scale,
                              o.kl_classifier_max_sigma)
@@ -533,6 +552,15 @@ def _gather_rows(rows: torch.Tensor, info: DistInfo) -> torch.Tensor:
     gathered = [torch.zeros_like(padded) for _ in range(info.world_size)]
     dist.all_gather(gathered, padded)
     return torch.cat([g[: int(n.item())] for g, n in zip(gathered, sizes)])
+
+
+def _stacked_layouts(samples: list[Sample], device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+    """The samples' sign layouts as one batch (zeros for those without), or None when none has one."""
+    first = next((s.layout for s in samples if s.layout is not None), None)
+    if first is None:
+        return None
+    return torch.stack([first.new_zeros(first.shape) if s.layout is None else s.layout for s in samples]).to(
+        device, dtype)
 
 
 def _load_reference(folder: str, model: LensTransformer2DModel, device: torch.device) -> LensTransformer2DModel:

@@ -60,4 +60,13 @@ def layout_tokens(sign: Sign | None, height: int, width: int, factor: int) -> np
     return drawing.reshape(h, factor, w, factor).transpose(0, 2, 1, 3).reshape(h * w, factor * factor)
 
 
-__all__ = ["QUOTED", "layout_drawing", "layout_tokens", "planned_sign", "quoted_word"]
+def planned_layouts(prompts: list[str], seeds: list[int], height: int, width: int, factor: int) -> np.ndarray | None:
+    """(B, N, factor**2) layout tokens of each prompt's planned sign (zeros for a prompt that quotes nothing), or
+    None when no prompt quotes a word: what a sampler gives a model with a layout input."""
+    signs = [planned_sign(p, s, width / height) for p, s in zip(prompts, seeds, strict=True)]
+    if all(sign is None for sign in signs):
+        return None
+    return np.stack([layout_tokens(sign, height, width, factor) for sign in signs])
+
+
+__all__ = ["QUOTED", "layout_drawing", "layout_tokens", "planned_layouts", "planned_sign", "quoted_word"]
