@@ -165,11 +165,11 @@ class TurboTrainer:
         both = TextFeatures.cat([self.text_encoder.encode(prompts), self.text_encoder.encode([""] * len(prompts))])
         feats, mask = both.features.to(self.device, dtype), both.mask.to(self.device)
         n = len(prompts)
-        layout = self._layouts(prompts, grid)  # the unconditional pass sees it too, as at sampling
+        layout = self._layouts(prompts, grid, dtype)  # the unconditional pass sees it too, as at sampling
         text = ((feats[:n], mask[:n], layout), (feats[n:], mask[n:], layout))  # (cond, uncond), one length
         return real.tokens.to(self.device).float(), grid, text
 
-    def _layouts(self, prompts: list[str], grid) -> torch.Tensor | None:
+    def _layouts(self, prompts: list[str], grid, dtype: torch.dtype) -> torch.Tensor | None:
         """The planned signs of the prompts that quote a word (`shapes.sign_layout`) for a teacher with a layout
         input, as the pipeline plans them at sampling; seeded by (seed, step, rank, item)."""
         if not self.teacher.config.layout_channels:
@@ -177,7 +177,7 @@ class TurboTrainer:
         f = self.codec.spatial_factor
         seeds = [_seed(self.cfg.optim.seed, self.step, self.info.rank, i) % 2**31 for i in range(len(prompts))]
         layouts = planned_layouts(prompts, seeds, grid[0] * f, grid[1] * f, f)
-        return None if layouts is None else torch.from_numpy(layouts).to(self.device, torch.float32)
+        return None if layouts is None else torch.from_numpy(layouts).to(self.device, dtype)  # the features' dtype
 
     @staticmethod
     def _without_layout(text):
@@ -187,8 +187,6 @@ class TurboTrainer:
 
     def _velocity(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, grid, text) -> torch.Tensor:
         feats, mask, layout = text
-        if layout is not None:
-            layout = layout.to(feats.dtype)
         with self.autocast:
             return model(x, feats, sigma.to(self.device, torch.float32), grid, mask, layout=layout).float()
 
